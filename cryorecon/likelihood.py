@@ -1,0 +1,223 @@
+"""The Gaussian likelihood of particle images, its noise model, and its gradient.
+
+An image ``Y`` seen at rotation ``A`` and origin offset ``o`` is modelled, per Fourier
+coefficient ``k`` of one Hermitian half-plane of the current band, as
+
+    Y(k) = C(k) S_o(k) F(A^T k) + n(k),   n(k) ~ CN(0, sigma^2(|k|))
+
+so that ``-log p(Y | A, o, F) = sum_k w_k |Y(k) - C S_o P_A(k)|^2 + const`` with
+``w_k = m_k / (2 sigma_k^2)`` (``m_k`` the Hermitian multiplicity). Poses are
+marginalised: the negative log-likelihood of an image is
+``-log sum_{A,o} p(Y | A, o, F) p(A) p(o)``.
+
+The gradient with respect to a slice value ``P`` (packed as ``d/dRe + i d/dIm``) is
+``2 w C (C P - conj(S) Y)``; posterior-weighted and backprojected through the exact
+adjoint of slice extraction it is the gradient with respect to the padded transform, and
+:func:`cryorecon.projector.volume_ft_adjoint` carries it to the voxels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import ctf as ctf_model
+from . import fourier, pose_search, projector
+from .backend import array_module
+
+
+@dataclass
+class Band:
+    """Half-plane Fourier coordinates with ``|k| < k_max_px``, sorted by radius.
+
+    Sorting by radius makes every lower band a prefix (:meth:`prefix`), so a coarse
+    search can use the first coefficients of the same arrays.
+    """
+
+    L: int
+    k_max_px: float
+    coords: object  # (M, 2) int (kx, ky), on the device
+    multiplicity: object  # (M,) float32
+    shell: object  # (M,) int, round(|k|)
+    radius: np.ndarray  # (M,) float64, host copy for prefix look-ups
+
+    @classmethod
+    def make(cls, L: int, k_max_px: float, xp=np) -> "Band":
+        coords, mult = fourier.band_coords(L, k_max_px, half=True)
+        radius = np.hypot(coords[:, 0], coords[:, 1])
+        order = np.argsort(radius, kind="stable")
+        coords, mult, radius = coords[order], mult[order], radius[order]
+        shell = np.rint(radius).astype(np.int64)
+        return cls(L, float(k_max_px), xp.asarray(coords), xp.asarray(mult), xp.asarray(shell), radius)
+
+    @property
+    def size(self) -> int:
+        return int(self.radius.size)
+
+    def prefix(self, k_px: float) -> int:
+        """Number of coefficients with ``|k| < k_px`` (they come first)."""
+        return int(np.searchsorted(self.radius, k_px, side="left"))
+
+
+class NoiseModel:
+    """Per-shell noise variance ``sigma^2(|k|)`` of image Fourier coefficients.
+
+    Estimated first from the images themselves (signal plus noise, which errs on the
+    broad side and so keeps early posteriors soft), then updated from the residuals at
+    the best poses as a running average.
+    """
+
+    def __init__(self, sigma2):
+        self.sigma2 = sigma2
+
+    @classmethod
+    def from_images(cls, images_ft, n_shells: int) -> "NoiseModel":
+        """Average ``|Y(k)|^2`` per shell over a stack of centred transforms."""
+        xp = array_module(images_ft)
+        L = images_ft.shape[-1]
+        shells = xp.asarray(fourier.shell_index(L, 2)).ravel()
+        power = xp.mean(xp.abs(images_ft.reshape(images_ft.shape[0], -1)) ** 2, axis=0)
+        total, count = _shell_sums(xp, shells, power, n_shells)
+        return cls(_fill_empty(xp, total / xp.maximum(count, 1), count))
+
+    def weights(self, band: Band):
+        """``w_k = m_k / (2 sigma_k^2)`` on the band's coefficients."""
+        return band.multiplicity / (2 * self.sigma2[band.shell])
+
+    def update(self, band: Band, residual_power, rate: float = 0.2):
+        """Blend in the mean residual power per shell (``(M,)`` averaged over images).
+
+        Only shells inside the band change: outside it there is no fresh evidence.
+        """
+        xp = array_module(residual_power)
+        n_shells = self.sigma2.shape[0]
+        total, count = _shell_sums(xp, band.shell, residual_power, n_shells)
+        seen = count > 0
+        fresh = total / xp.maximum(count, 1)
+        self.sigma2 = xp.where(seen, (1 - rate) * self.sigma2 + rate * fresh, self.sigma2).astype(self.sigma2.dtype)
+
+    def state(self) -> dict:
+        return {"sigma2": self.sigma2}
+
+
+def _shell_sums(xp, shells, values, n_shells):
+    keep = shells < n_shells
+    total = xp.zeros(n_shells, dtype=xp.float64)
+    count = xp.zeros(n_shells, dtype=xp.float64)
+    if xp is np:
+        total += np.bincount(shells[keep], weights=values[keep], minlength=n_shells)[:n_shells]
+        count += np.bincount(shells[keep], minlength=n_shells)[:n_shells]
+    else:
+        xp.add.at(total, shells[keep], values[keep].astype(xp.float64))
+        xp.add.at(count, shells[keep], 1.0)
+    return total, count
+
+
+def _fill_empty(xp, sigma2, count):
+    """Shells without samples (corners) borrow the last populated shell's variance."""
+    sigma2 = sigma2.astype(xp.float32)
+    populated = count > 0
+    last = sigma2[populated][-1]
+    return xp.where(populated, sigma2, last).astype(xp.float32)
+
+
+def image_coefficients(images, band: Band):
+    """Centred transforms of real images (B, L, L) gathered on the band: (B, M) complex."""
+    return fourier.gather_coeffs(fourier.fft2c(images), band.coords)
+
+
+def ctf_on_band(band: Band, pixel_size_A: float, ctf_params: dict | None, n_images: int, xp, dtype=np.float32):
+    """The CTF of each image on the band's coefficients, (B, M); ones without CTF."""
+    if ctf_params is None:
+        return xp.ones((n_images, band.size), dtype=dtype)
+    scale = 1.0 / (band.L * pixel_size_A)
+    kx = band.coords[:, 0].astype(xp.float64) * scale
+    ky = band.coords[:, 1].astype(xp.float64) * scale
+    params = {key: xp.asarray(value, dtype=xp.float64) for key, value in ctf_params.items()}
+    return ctf_model.ctf_values(kx, ky, **params).astype(dtype)
+
+
+def slice_gradient(y, ctf, w, phases, slices, p):
+    """Posterior-weighted gradient and curvature of the error with respect to slices.
+
+    Parameters
+    ----------
+    y, ctf : (S, M)
+        Image coefficients and CTF of ``S`` sub-problems (an image, or an image and one
+        of its candidate poses).
+    w : (M,) or (S, M)
+        Likelihood weights ``m_k / (2 sigma_k^2)``.
+    phases : (T, M) or (S, T, M) complex
+        Shift phases.
+    slices : (S, R, M) or (R, M) complex
+        Slices ``P_r`` each sub-problem was scored against.
+    p : (S, T, R) real
+        Posterior weight of each (shift, rotation).
+
+    Returns
+    -------
+    grad : (S, R, M) complex
+        ``sum_t p 2 w C (C P - conj(S_t) Y)``.
+    curvature : (S, R, M) real
+        ``sum_t p 2 w C^2``: the diagonal of the Hessian in each of Re and Im.
+    """
+    xp = array_module(y)
+    a = xp.sum(p, axis=1)  # (S, R)
+    conj_phases = xp.conj(phases)
+    # sum_t p[s,t,r] conj(S_t(k)): (S,R,T) @ (T,M) or (S,T,M) -> (S,R,M)
+    ybar = xp.matmul(xp.swapaxes(p, 1, 2).astype(conj_phases.dtype), conj_phases) * y[:, None, :]
+    wc = (2 * w * ctf)[:, None, :]
+    sl = slices if slices.ndim == 3 else slices[None]
+    grad = wc * (ctf[:, None, :] * a[:, :, None] * sl - ybar)
+    curv = wc * ctf[:, None, :] * a[:, :, None]
+    return grad, curv
+
+
+def marginal_nll_and_grad(volume, images, pixel_size_A, ctf_params, rotations, shifts_px, noise: NoiseModel, band: Band, pad: int = 2, log_prior_shift=None):
+    """Marginal negative log-likelihood of ``images`` and its gradient in the voxels.
+
+    The marginal runs over every pose in ``rotations x shifts_px`` with a uniform
+    rotation prior; it is exact (no poses dropped), which makes it the reference the
+    mini-batch engine's shortcuts are tested against.
+
+    Parameters
+    ----------
+    volume : (L, L, L) real
+    images : (B, L, L) real
+    pixel_size_A : float
+    ctf_params : dict or None
+        Per-image CTF parameters for :func:`cryorecon.ctf.ctf_values`.
+    rotations : (R, 3, 3)
+    shifts_px : (T, 2)
+        Origin offsets ``(ox, oy)`` in pixels (RELION convention).
+    noise : NoiseModel
+    band : Band
+    pad : int
+    log_prior_shift : (T,) optional
+
+    Returns
+    -------
+    nll : float
+        ``sum_i -log sum_{r,t} p(Y_i | r, t) p(r) p(t)``.
+    grad : (L, L, L) real
+    """
+    xp = array_module(volume)
+    L = volume.shape[-1]
+    f_pad = projector.volume_ft(volume, pad=pad)
+    y = image_coefficients(images, band)
+    ctf = ctf_on_band(band, pixel_size_A, ctf_params, images.shape[0], xp, dtype=volume.dtype)
+    w = noise.weights(band).astype(volume.dtype)
+    phases = fourier.shift_phase(band.coords, L, xp.asarray(shifts_px), dtype=y.dtype)
+    slices = projector.extract(f_pad, xp.asarray(rotations), band.coords, pad=pad)
+    terms = pose_search.batch_terms(y, ctf, w, phases)
+    err = pose_search.errors_shared(terms, slices)
+    n_rot = rotations.shape[0]
+    log_prior = -np.log(n_rot) + (0.0 if log_prior_shift is None else log_prior_shift[None, :, None])
+    score = err - log_prior
+    b = images.shape[0]
+    nll = -xp.sum(pose_search.logsumexp_neg(score.reshape(b, -1)))
+    p = pose_search.posterior(score.reshape(b, -1), min_weight=0.0).reshape(score.shape)
+    grad_slices, _ = slice_gradient(y, ctf, w, phases, slices, p)
+    rot = xp.broadcast_to(xp.asarray(rotations), (b,) + tuple(rotations.shape)).reshape(-1, 3, 3)
+    grad_f = projector.backproject(grad_slices.reshape(b * n_rot, -1), rot, band.coords, f_pad.shape, pad=pad)
+    return float(nll), projector.volume_ft_adjoint(grad_f, L, pad=pad)

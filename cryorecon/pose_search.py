@@ -1,0 +1,211 @@
+"""Score every (rotation, shift) of a mini-batch as real matrix products.
+
+The Gaussian error of image ``i`` under rotation ``r`` and shift ``t`` expands to
+
+    E[i,t,r] = sum_k w_k |Y_ik|^2
+               - 2 Re sum_k w_k conj(Y_ik) C_ik S_t(k) P_r(k)
+               + sum_k w_k C_ik^2 |P_r(k)|^2
+
+with ``w_k = m_k / (2 sigma_k^2)`` (``m_k`` the Hermitian multiplicity of a half-plane
+coefficient). The middle term is one real GEMM, (images x shifts, 2M) @ (2M, rotations),
+and the last one is (images, M) @ (M, rotations), so BLAS or cuBLAS does the work. The
+first term does not depend on the pose but is kept so that ``E`` is the true negative
+log-likelihood (up to the normalising constant) and log-sum-exps are comparable across
+images.
+
+Everything here takes its array module from its inputs, so numpy and cupy share one path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .backend import array_module
+
+
+@dataclass
+class BatchTerms:
+    """Pose-independent pieces of the expanded error for one mini-batch.
+
+    Attributes
+    ----------
+    cross_lhs : (B, T, 2M) real
+        ``[Re X, -Im X]`` with ``X = w C conj(Y) S_t``; multiplying by ``[Re P, Im P]``
+        gives ``Re sum_k w conj(Y) C S_t P``.
+    norm_lhs : (B, M) real
+        ``w C^2``, multiplied by ``|P|^2``.
+    const : (B,) real
+        ``sum_k w |Y|^2``.
+    """
+
+    cross_lhs: object
+    norm_lhs: object
+    const: object
+
+
+def batch_terms(y, ctf, w, phases) -> BatchTerms:
+    """Precompute the pose-independent factors of the error for images ``y``.
+
+    Parameters
+    ----------
+    y : (B, M) complex
+        Image Fourier coefficients on the band's half-plane coordinates.
+    ctf : (B, M) real
+        CTF at the same coordinates (ones where there is no CTF).
+    w : (M,) or (B, M) real
+        ``m_k / (2 sigma_k^2)``.
+    phases : (T, M) complex
+        Shift phases ``S_t(k)``.
+    """
+    xp = array_module(y)
+    wc = w * ctf
+    x = (wc * xp.conj(y))[:, None, :] * phases[None, :, :]
+    cross_lhs = xp.concatenate([x.real, -x.imag], axis=-1)
+    norm_lhs = wc * ctf
+    const = xp.sum(w * (y.real**2 + y.imag**2), axis=-1)
+    real = y.real.dtype
+    return BatchTerms(cross_lhs.astype(real, copy=False), norm_lhs.astype(real, copy=False), const.astype(real, copy=False))
+
+
+def slice_matrices(slices):
+    """``[Re P, Im P]`` (R, 2M) and ``|P|^2`` (R, M) for slices ``P`` (R, M)."""
+    xp = array_module(slices)
+    return xp.concatenate([slices.real, slices.imag], axis=-1), slices.real**2 + slices.imag**2
+
+
+def errors_shared(terms: BatchTerms, slices):
+    """Errors ``E[i, t, r]`` when every image is scored against the same rotations.
+
+    Parameters
+    ----------
+    terms : BatchTerms
+    slices : (R, M) complex
+        Central slices ``P_r`` of the current map.
+
+    Returns
+    -------
+    (B, T, R) real
+    """
+    xp = array_module(slices)
+    b, t, m2 = terms.cross_lhs.shape
+    p_cat, p_abs2 = slice_matrices(slices)
+    cross = (terms.cross_lhs.reshape(b * t, m2) @ p_cat.T).reshape(b, t, -1)
+    norm = terms.norm_lhs @ p_abs2.T
+    return terms.const[:, None, None] - 2 * cross + norm[:, None, :]
+
+
+def errors_per_image(terms: BatchTerms, slices):
+    """Errors ``E[i, t, r]`` when each image has its own rotations (local refinement).
+
+    ``slices`` is (B, R, M): a batched matrix product per image.
+    """
+    p_cat, p_abs2 = slice_matrices(slices)
+    xp = array_module(slices)
+    cross = xp.matmul(terms.cross_lhs, xp.swapaxes(p_cat, 1, 2))
+    norm = xp.matmul(terms.norm_lhs[:, None, :], xp.swapaxes(p_abs2, 1, 2))
+    return terms.const[:, None, None] - 2 * cross + norm
+
+
+def top_poses(errors, k: int, log_prior=None):
+    """The ``k`` best (lowest ``E - log prior``) poses per image.
+
+    Parameters
+    ----------
+    errors : (B, T, R) real
+    k : int
+    log_prior : (T,) real, optional
+        Log prior over shifts (for example a Gaussian on the shift length).
+
+    Returns
+    -------
+    t_idx, r_idx : (B, k) int
+        Shift and rotation indices, best first.
+    neg_logp : (B, k) real
+        ``E - log prior`` of those poses.
+    """
+    xp = array_module(errors)
+    b, t, r = errors.shape
+    score = errors if log_prior is None else errors - log_prior[None, :, None]
+    flat = score.reshape(b, t * r)
+    k = min(k, t * r)
+    part = xp.argpartition(flat, k - 1, axis=1)[:, :k] if k < t * r else xp.broadcast_to(xp.arange(t * r), (b, t * r))
+    vals = xp.take_along_axis(flat, part, axis=1)
+    order = xp.argsort(vals, axis=1)
+    part = xp.take_along_axis(part, order, axis=1)
+    vals = xp.take_along_axis(vals, order, axis=1)
+    return part // r, part % r, vals
+
+
+def logsumexp_neg(neg_logp, axis=-1):
+    """``log sum exp(-neg_logp)`` along ``axis``, stable."""
+    xp = array_module(neg_logp)
+    lo = xp.min(neg_logp, axis=axis, keepdims=True)
+    return -xp.squeeze(lo, axis=axis) + xp.log(xp.sum(xp.exp(-(neg_logp - lo)), axis=axis))
+
+
+def posterior(neg_logp, min_weight: float = 1e-4):
+    """Softmax of ``-neg_logp`` along the last axis, with negligible weights dropped.
+
+    Weights below ``min_weight`` times the largest are set to zero and the rest
+    renormalised: they cost a backprojection each and change nothing.
+    """
+    xp = array_module(neg_logp)
+    lo = xp.min(neg_logp, axis=-1, keepdims=True)
+    p = xp.exp(-(neg_logp - lo))
+    p = xp.where(p >= min_weight, p, 0)
+    return p / xp.sum(p, axis=-1, keepdims=True)
+
+
+def rotation_chunk(n_images: int, n_shifts: int, n_coeffs: int, budget_bytes: float = 256e6) -> int:
+    """Rotations per chunk so that one chunk's error tensor and slices fit ``budget_bytes``."""
+    per_rotation = 4 * (n_images * n_shifts + 3 * n_coeffs + n_images)
+    return max(1, int(budget_bytes // per_rotation))
+
+
+@dataclass
+class SearchResult:
+    """Best poses found for a mini-batch, with their log-weights."""
+
+    t_idx: object  # (B, K) shift indices into the shift set
+    r_idx: object  # (B, K) rotation indices into the rotation set
+    neg_logp: object  # (B, K) E - log prior
+    log_evidence: object  # (B,) log sum over the whole searched set of exp(-E) p(t)
+
+
+def global_search(terms: BatchTerms, slice_fn, n_rotations: int, k: int, log_prior=None, chunk=None) -> SearchResult:
+    """Score all rotations in chunks, keeping the ``k`` best poses per image.
+
+    Parameters
+    ----------
+    terms : BatchTerms
+    slice_fn : callable
+        ``slice_fn(start, stop) -> (stop - start, M) complex`` central slices of those
+        rotations; slices are made chunk by chunk so memory stays bounded.
+    n_rotations : int
+    k : int
+        Poses to keep per image.
+    log_prior : (T,) real, optional
+    chunk : int, optional
+        Rotations per chunk; by default sized by :func:`rotation_chunk`.
+    """
+    xp = array_module(terms.const)
+    b, t, m2 = terms.cross_lhs.shape
+    chunk = chunk or rotation_chunk(b, t, m2 // 2)
+    best_t = best_r = best_v = None
+    lse = None
+    for start in range(0, n_rotations, chunk):
+        stop = min(start + chunk, n_rotations)
+        err = errors_shared(terms, slice_fn(start, stop))
+        score = err if log_prior is None else err - log_prior[None, :, None]
+        chunk_lse = logsumexp_neg(score.reshape(b, -1))
+        lse = chunk_lse if lse is None else xp.logaddexp(lse, chunk_lse)
+        ti, ri, v = top_poses(score, k)
+        ri = ri + start
+        if best_v is None:
+            best_t, best_r, best_v = ti, ri, v
+        else:
+            cat_v = xp.concatenate([best_v, v], axis=1)
+            order = xp.argsort(cat_v, axis=1)[:, :k]
+            best_t = xp.take_along_axis(xp.concatenate([best_t, ti], axis=1), order, axis=1)
+            best_r = xp.take_along_axis(xp.concatenate([best_r, ri], axis=1), order, axis=1)
+            best_v = xp.take_along_axis(cat_v, order, axis=1)
+    return SearchResult(best_t, best_r, best_v, lse)
