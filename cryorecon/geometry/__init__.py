@@ -7,12 +7,32 @@ from .rotations import (
     quaternion_to_matrix,
     random_rotations,
 )
+from .shifts import shift_grid
+from .so3_grid import (
+    grid_step_deg,
+    healpix_directions,
+    healpix_nside,
+    local_grid,
+    nearest_grid_index,
+    neighbours,
+    so3_grid,
+    so3_grid_angles,
+)
 
 __all__ = [
     "angular_distance_deg",
     "euler_to_matrix",
+    "grid_step_deg",
+    "healpix_directions",
+    "healpix_nside",
+    "local_grid",
     "matrix_to_euler",
     "matrix_to_quaternion",
+    "nearest_grid_index",
+    "neighbours",
     "quaternion_to_matrix",
     "random_rotations",
+    "shift_grid",
+    "so3_grid",
+    "so3_grid_angles",
 ]
