@@ -15,7 +15,7 @@ cryo-EM side of cryorecon.
 >>> updates, state = opt.update(grads, state, params)
 >>> params = optim.apply_updates(params, updates)
 """
-from . import schedules
+from . import noise, schedules
 from .alias import adagrad, adam, adamw, rmsprop, sgd
 from .base import EmptyState, GradientTransformation, apply_updates, chain, identity
 from .clipping import (
@@ -27,9 +27,12 @@ from .clipping import (
     clip_by_norm,
 )
 from .ema import ParamEMA, ParamEmaState, param_ema
+from .lbfgs import LbfgsState, lbfgs, lbfgs_minimize
+from .linesearch import strong_wolfe
 from .hyperparams import InjectHyperparamsState, inject_hyperparams
 from .plateau import ReduceOnPlateauState, reduce_on_plateau
 from .state_io import load_state, save_state
+from .subgradients import hinge_loss, l1
 from .transforms import (
     ScaleByAdamState,
     ScaleByDiagonalState,
