@@ -388,4 +388,6 @@ def write_particle_star(path, table, pixel_size_A: float | None = None, image_si
 
     optics, particles = _split_optics(df, optics_columns)
     with atomic_write(path) as tmp:
-        starfile.write({"optics": optics, "particles": particles}, tmp, float_format="%.10g")
+        # No float format: pandas then writes the shortest repr that round-trips float64,
+        # so nothing is lost (starfile's default %.6f would cut small values).
+        starfile.write({"optics": optics, "particles": particles}, tmp, float_format=None)
