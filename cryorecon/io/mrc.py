@@ -207,7 +207,10 @@ def read_map(path):
     path = Path(path)
     handle, info = _open_checked(path, mrcfile.open)
     with handle:
-        data = np.array(handle.data, dtype=np.float32, order="C", copy=True)
+        # Copy into a native float32 array: files may be big-endian or carry an explicit
+        # '<f4', which callers would otherwise see as a different dtype.
+        data = np.empty(handle.data.shape, dtype=np.float32)
+        data[...] = handle.data
     return data, info["voxel_size_A"]
 
 
