@@ -45,6 +45,13 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: float = 0.0, nesterov: bool =
     ...     p = optim.apply_updates(p, u)
     >>> bool(np.abs(p).max() < 1e-6)
     True
+
+    References
+    ----------
+    Robbins & Monro (1951), "A Stochastic Approximation Method"; Polyak (1964), "Some
+    methods of speeding up the convergence of iteration methods"; Nesterov (1983);
+    Sutskever, Martens, Dahl & Hinton (2013), "On the importance of initialization and
+    momentum in deep learning", ICML.
     """
     if momentum:
         return chain(trace(momentum, nesterov), scale_by_learning_rate(learning_rate))

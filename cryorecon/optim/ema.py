@@ -50,6 +50,11 @@ def param_ema(decay: float = 0.999, debias: bool = True) -> ParamEMA:
     >>> avg, s = ema.update(np.array([4.0]), s)
     >>> round(float(avg[0]), 6)
     3.333333
+
+    References
+    ----------
+    Polyak & Juditsky (1992), "Acceleration of stochastic approximation by averaging",
+    SIAM J. Control Optim. 30; Kingma & Ba (2015), section 3 (bias correction).
     """
     decay = float(decay)
 

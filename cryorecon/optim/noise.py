@@ -138,6 +138,12 @@ def chebyshev_batch_size(trace_cov: float, eps: float, delta: float) -> int:
     >>> from cryorecon.optim import noise
     >>> noise.chebyshev_batch_size(trace_cov=2.0, eps=0.1, delta=0.05)
     4000
+
+    References
+    ----------
+    Chebyshev's inequality for random vectors; its use for batch sizes in Byrd, Chin,
+    Nocedal & Wu (2012), "Sample size selection in optimization methods for machine
+    learning", Math. Programming 134.
     """
     if eps <= 0 or not (0 < delta <= 1):
         raise ValueError(f"need eps > 0 and 0 < delta <= 1, got eps={eps}, delta={delta}")

@@ -208,6 +208,10 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
     >>> t = optim.scale_by_adam()
     >>> np.round(t.update(np.array([3.0]), t.init(np.zeros(1)))[0], 6).tolist()
     [1.0]
+
+    References
+    ----------
+    Kingma & Ba (2015), "Adam: A Method for Stochastic Optimization", ICLR.
     """
     return _adam_core(b1, b2, eps, 1.0)
 
@@ -230,6 +234,11 @@ def scale_by_rms(decay: float = 0.9, eps: float = 1e-8, initial_scale: float = 0
     >>> t = optim.scale_by_rms(decay=0.75)
     >>> np.round(t.update(np.array([2.0]), t.init(np.zeros(1)))[0], 6).tolist()
     [2.0]
+
+    References
+    ----------
+    Hinton, Srivastava & Swersky (2012), "Neural Networks for Machine Learning",
+    lecture 6e.
     """
     decay, eps, initial_scale = float(decay), float(eps), float(initial_scale)
 
@@ -274,6 +283,11 @@ def scale_by_rss(initial_accumulator_value: float = 0.1, eps: float = 1e-7):
     >>> t = optim.scale_by_rss(initial_accumulator_value=0.0, eps=0.0)
     >>> t.update(np.array([-2.0]), t.init(np.zeros(1)))[0].tolist()
     [-1.0]
+
+    References
+    ----------
+    Duchi, Hazan & Singer (2011), "Adaptive Subgradient Methods for Online Learning and
+    Stochastic Optimization", JMLR 12.
     """
     a0, eps = float(initial_accumulator_value), float(eps)
 
@@ -385,6 +399,12 @@ def scale_by_diagonal(damping: float = 1e-8, curvature=None) -> GradientTransfor
     >>> u, s = opt.update(np.array([2.0, 2.0]), s, p, curvature=np.array([1.0, 4.0]))
     >>> u.tolist()
     [-2.0, -0.5]
+
+    References
+    ----------
+    Becker & LeCun (1988), "Improving the convergence of back-propagation learning with
+    second order methods"; for cryo-EM, the per-voxel curvature of Punjani et al. (2017),
+    "cryoSPARC", Nature Methods 14.
     """
     damping = float(damping)
 
