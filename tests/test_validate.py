@@ -193,3 +193,39 @@ def test_align_maps_recovers_rotation_shift_and_hand(phantom32, mirrored):
     if mirrored:
         a_est = MIRROR @ a_est
     assert pose_error_deg(a_est, a_true, info) < 3.0
+
+
+# ------------------------------------------------------------------------ CLI
+
+def test_cli_fsc_align_info(tmp_path, capsys):
+    import json
+
+    from cryorecon.cli import main
+    from cryorecon.io.mrc import write_map
+
+    phantom = chiral_phantom(24, rng=3)
+    ref = tmp_path / "ref.mrc"
+    moving = tmp_path / "moving.mrc"
+    write_map(ref, phantom, 4.0)
+    R = random_rotations(1, np.random.default_rng(9))[0]
+    write_map(moving, mirror_volume(rotate_volume(phantom, R)), 4.0)
+
+    assert main(["fsc", str(ref), str(ref), "--out", str(tmp_path / "f")]) == 0
+    out = capsys.readouterr().out
+    assert "FSC 0.143: 8.00 A" in out  # identical maps: FSC 1 up to Nyquist, 2 * 4 A
+    assert (tmp_path / "f" / "fsc.csv").is_file() and (tmp_path / "f" / "fsc.png").is_file()
+
+    assert main(["align", str(moving), str(ref), "--out", str(tmp_path / "aligned.mrc")]) == 0
+    out = capsys.readouterr().out
+    assert "mirrored: yes" in out
+    record = json.loads((tmp_path / "aligned.json").read_text())
+    assert record["mirrored"] and record["correlation"] > 0.95
+    from cryorecon.io.mrc import read_map
+
+    aligned, px = read_map(tmp_path / "aligned.mrc")
+    assert px == 4.0 and _corr(aligned, phantom) > 0.95
+
+    assert main(["info", str(ref)]) == 0
+    assert "(24, 24, 24)" in capsys.readouterr().out
+    assert main(["fsc", str(ref), str(tmp_path / "missing.mrc")]) == 2
+    assert "missing.mrc" in capsys.readouterr().err
