@@ -21,9 +21,11 @@ import numpy as np
 from .backend import array_module
 from .fourier import fft3c, freq_grid_2d, ifft2c, ifft3c
 
-# Interpolation points handled per chunk; each point needs ~8 gathers of ~40 bytes of
-# temporaries, so this bounds the scratch memory at a few hundred MB.
-_POINTS_PER_CHUNK = 1 << 21
+# Interpolation points handled per chunk. Each point needs ~100 bytes of temporaries;
+# chunks of ~1e5 points keep them in cache on a CPU and avoid fresh page-faulting
+# allocations, which cost more than the arithmetic.
+_POINTS_PER_CHUNK = 1 << 17
+_POINTS_PER_CHUNK_GPU = 1 << 22
 
 
 def padded_size(L, pad=2):
@@ -106,15 +108,18 @@ def _corner_weights(rotations, coords, pad, pL, xp, dtype):
     Yields ``(flat_index, weight)`` pairs of shape (R, M), one per corner.
     """
     gx, gy, gz = _slice_points(rotations, coords, pad, pL, xp, dtype)
+    itype = xp.int32 if pL ** 3 < 2 ** 31 else xp.int64
+    utype = xp.uint32 if itype == xp.int32 else xp.uint64
     per_axis = []
     for g in (gz, gy, gx):
         g0 = xp.floor(g)
         f = g - g0
-        i0 = g0.astype(xp.int64)
+        i0 = g0.astype(itype)
         i1 = i0 + 1
-        # A neighbour off the grid holds zero: give it weight 0 and a safe index.
-        w0 = xp.where((i0 >= 0) & (i0 < pL), 1.0 - f, 0.0).astype(dtype)
-        w1 = xp.where((i1 >= 0) & (i1 < pL), f, 0.0).astype(dtype)
+        # A neighbour off the grid holds zero: weight 0 and a safe (clipped) index. The
+        # unsigned view folds "i >= 0 and i < pL" into one comparison.
+        w0 = (1 - f) * (i0.view(utype) < pL)
+        w1 = f * (i1.view(utype) < pL)
         per_axis.append(((xp.clip(i0, 0, pL - 1), w0), (xp.clip(i1, 0, pL - 1), w1)))
     (z0, z1), (y0, y1), (x0, x1) = per_axis
     for iz, wz in (z0, z1):
@@ -125,8 +130,10 @@ def _corner_weights(rotations, coords, pad, pL, xp, dtype):
                 yield zy + ix, wzy * wx
 
 
-def _rotation_chunks(R, M):
-    step = max(1, _POINTS_PER_CHUNK // max(M, 1))
+def _rotation_chunks(R, M, xp):
+    # A GPU wants big launches; its memory bound is the only limit there.
+    points = _POINTS_PER_CHUNK if xp is np else _POINTS_PER_CHUNK_GPU
+    step = max(1, points // max(M, 1))
     for r0 in range(0, R, step):
         yield slice(r0, min(R, r0 + step))
 
@@ -159,7 +166,7 @@ def extract(vol_ft, rotations, coords, pad=2):
     flat = vol_ft.reshape(-1)
     out = xp.empty((R, M), dtype=vol_ft.dtype)
     rot_all = rotations.reshape(-1, 3, 3)
-    for sl in _rotation_chunks(R, M):
+    for sl in _rotation_chunks(R, M, xp):
         acc = None
         for idx, w in _corner_weights(rot_all[sl], coords, pad, pL, xp, dtype):
             term = xp.take(flat, idx) * w
@@ -174,29 +181,30 @@ def _scatter(values, rotations, coords, shape, pad, real):
     dtype = _real_dtype(values)
     rot_all = rotations.reshape(-1, 3, 3)
     R, M = values.shape
-    n = pL ** 3
-    parts = [xp.real(values)] if real else [xp.real(values), xp.imag(values)]
-    acc = [xp.zeros(n, dtype=dtype) for _ in parts]
+    if real:
+        values = xp.real(values).astype(dtype, copy=False)
     if xp is np:
-        def add(a, idx, v):
-            # bincount is several times faster than np.add.at and sums the same terms.
-            a += np.bincount(idx.ravel(), weights=v.ravel(), minlength=n).astype(dtype, copy=False)
-    else:
-        import cupyx  # only reached when the arrays are cupy
+        out = np.zeros(pL ** 3, dtype=values.dtype)
+        for sl in _rotation_chunks(R, M, xp):
+            part = values[sl]
+            for idx, w in _corner_weights(rot_all[sl], coords, pad, pL, xp, dtype):
+                np.add.at(out, idx.ravel(), (part * w).ravel())
+        return out.reshape(shape)
+    import cupyx  # only reached when the arrays are cupy
 
-        def add(a, idx, v):
-            cupyx.scatter_add(a, idx.ravel(), v.ravel())
-    for sl in _rotation_chunks(R, M):
-        corners = list(_corner_weights(rot_all[sl], coords, pad, pL, xp, dtype))
-        idx = xp.concatenate([c[0] for c in corners], axis=0)
-        for a, part in zip(acc, parts):
-            v = xp.concatenate([c[1] * part[sl] for c in corners], axis=0)
-            add(a, idx, v)
+    # Atomic adds on contiguous float arrays: one for the real, one for the imaginary part.
+    acc = [xp.zeros(pL ** 3, dtype=dtype) for _ in range(1 if real else 2)]
+    for sl in _rotation_chunks(R, M, xp):
+        part = values[sl]
+        for idx, w in _corner_weights(rot_all[sl], coords, pad, pL, xp, dtype):
+            idx = idx.ravel()
+            cupyx.scatter_add(acc[0], idx, (part.real * w).ravel())
+            if not real:
+                cupyx.scatter_add(acc[1], idx, (part.imag * w).ravel())
     if real:
         return acc[0].reshape(shape)
-    cdtype = xp.complex128 if dtype == xp.float64 else xp.complex64
-    out = acc[0].astype(cdtype)
-    out.imag = acc[1]
+    out = xp.empty(pL ** 3, dtype=xp.complex128 if dtype == xp.float64 else xp.complex64)
+    out.real, out.imag = acc[0], acc[1]
     return out.reshape(shape)
 
 

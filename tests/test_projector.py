@@ -170,3 +170,31 @@ def test_aspire_forward_model_with_ctf(shared_data, ribosome_ft):
     assert corrs(_forward(ribosome_ft, A, o, L, -ctf)).max() < 0
     assert np.median(corrs(_forward(ribosome_ft, A, -o, L, ctf))) < 0.5
     assert np.median(corrs(_forward(ribosome_ft, np.transpose(A, (0, 2, 1)), o, L, ctf))) < 0.5
+
+
+@pytest.mark.gpu
+def test_cupy_matches_numpy_and_is_adjoint():
+    import cupy
+
+    rng = np.random.default_rng(5)
+    L = 16
+    V = rng.standard_normal((L, L, L)).astype(np.float32)
+    R = random_rotations(9, rng)
+    coords = band_coords(L, L / 2 + 2)
+    F_np = volume_ft(V)
+    F_cp = volume_ft(cupy.asarray(V))
+    np.testing.assert_allclose(cupy.asnumpy(F_cp), F_np, rtol=1e-4, atol=1e-3)
+    e_cp = extract(F_cp, R, cupy.asarray(coords))
+    np.testing.assert_allclose(cupy.asnumpy(e_cp), extract(F_np, R, coords), rtol=1e-4, atol=1e-3)
+    y = (rng.standard_normal(e_cp.shape) + 1j * rng.standard_normal(e_cp.shape)).astype(np.complex64)
+    b_cp = backproject(cupy.asarray(y), R, coords, F_np.shape)
+    assert b_cp.dtype == cupy.complex64
+    np.testing.assert_allclose(cupy.asnumpy(b_cp), backproject(y, R, coords, F_np.shape), rtol=1e-4, atol=1e-4)
+    lhs = float(cupy.vdot(e_cp.astype(cupy.complex128), cupy.asarray(y)).real)
+    rhs = float(cupy.vdot(F_cp.astype(cupy.complex128), b_cp).real)
+    assert _rel(lhs, rhs) < 1e-5
+    w = rng.random(e_cp.shape).astype(np.float32)
+    bw = backproject_weights(cupy.asarray(w), R, coords, F_np.shape)
+    np.testing.assert_allclose(cupy.asnumpy(bw), backproject_weights(w, R, coords, F_np.shape), rtol=1e-4, atol=1e-4)
+    P = project(cupy.asarray(V), R)
+    np.testing.assert_allclose(cupy.asnumpy(P), project(V, R), rtol=1e-3, atol=1e-3)
