@@ -156,7 +156,7 @@ def _disagree(a, b):
     return a > 0 and b > 0 and abs(a - b) > 1e-3 * max(a, b)
 
 
-def _poses_from_star(star_path, map_px, pixel_size_A, n, rng, shift_sigma_px, max_shift_px):
+def _poses_from_star(star_path, map_px, pixel_size_A, n, rng):
     """Poses, origins (px), CTF and pixel size from a STAR file; the table to write back."""
     table = read_particle_table(star_path, pixel_size_A=pixel_size_A)
     df = table.particles
@@ -220,7 +220,8 @@ def simulate_dataset(map_path, out_dir, *, n=1000, snr=np.inf, from_star=None, s
     Poses are uniform on SO(3), origins ``N(0, shift_sigma_px)`` clipped at
     ``max_shift_px`` and defoci uniform in ``defocus_range_um``, all drawn from
     ``numpy.random.default_rng(seed)``; or they come from ``from_star`` (its first ``n``
-    particles when ``n`` is given, no CTF where it has no CTF columns). The STAR file
+    particles when ``n`` is given; no CTF where it has no CTF columns, zero origins where
+    it has no origins, uniform random poses where it has no angles). The STAR file
     written is RELION 3.1 and holds the true poses, origins and CTF.
 
     Parameters
@@ -266,7 +267,7 @@ def simulate_dataset(map_path, out_dir, *, n=1000, snr=np.inf, from_star=None, s
     rng = np.random.default_rng(seed)
     if from_star is not None:
         rotations, shifts, ctf_params, px, df = _poses_from_star(
-            from_star, map_px, pixel_size_A, n, rng, shift_sigma_px, max_shift_px
+            from_star, map_px, pixel_size_A, n, rng
         )
         if "rlnImageSize" in df.columns and int(df["rlnImageSize"].iloc[0]) != L:
             raise InputError(
