@@ -179,6 +179,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
         ax.semilogy(res["loss_hb"], color="C3", label="heavy ball (Polyak)")
         ax.axhline(TOL, color="k", lw=0.8)
         ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlim(left=0)
         ax.set_xlabel("iteration")
         ax.set_ylabel("(f - f*) / (f0 - f*)")
         ax.legend(fontsize=8)
