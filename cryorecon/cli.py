@@ -26,6 +26,37 @@ def _cmd_demo(args):
     return 0
 
 
+def _cmd_abinitio(args):
+    from .backend import current_device, set_device
+    from .io.particles import ParticleStack
+    from .preprocess import prepare_particles
+    from .reconstruct.abinitio import Abinitio, default_settings, write_outputs
+
+    set_device(args.device)
+    stack = ParticleStack.from_star(args.particles, pixel_size_A=args.pixel_size, require_ctf=not args.no_ctf)
+    box = args.working_box or min(stack.box, 64 if current_device() == "cpu" else 128)
+    images, pixel_size_A = prepare_particles(stack, box, particle_diameter_A=args.particle_diameter_A)
+    settings = default_settings(
+        stack.n,
+        box,
+        pixel_size_A,
+        n_classes=args.classes,
+        seed=args.seed,
+        max_iter=args.max_iter,
+        target_res_A=args.target_res_A,
+        batch_size=args.batch_size,
+        use_ctf=not args.no_ctf,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ctf = None if args.no_ctf else stack.ctf_params()
+    run = Abinitio(images, pixel_size_A, ctf, settings, checkpoint_path=out / "checkpoint.npz", progress=True, original_box=stack.box)
+    result = run.run(resume=args.resume)
+    write_outputs(result, stack, out, stack.box)
+    print(f"wrote {out / 'map.mrc'} ({box} px, {pixel_size_A:.3f} A/px), particles.star, history.csv")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cryorecon",
@@ -33,6 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cryorecon {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("abinitio", help="ab initio map from particles with unknown poses (SGD)")
+    p.add_argument("particles", help="RELION STAR file of the particles (3.0, 3.1 or 5)")
+    p.add_argument("--out", required=True, help="output folder (map.mrc, particles.star, history.csv)")
+    p.add_argument("--classes", type=int, default=1, help="number of classes K (default 1)")
+    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default=None, help="default: $CRYORECON_DEVICE or auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz")
+    p.add_argument("--max-iter", type=int, help="SGD iterations (default from the particle count)")
+    p.add_argument("--target-res-A", type=float, help="final band limit in A (default: Nyquist of the working box + 10%%)")
+    p.add_argument("--batch-size", type=int, help="initial mini-batch size (default from the particle count)")
+    p.add_argument("--working-box", type=int, help="downsample particles to this box (default min(box, 64) on CPU, 128 on GPU)")
+    p.add_argument("--particle-diameter-A", type=float, help="particle diameter for background normalisation (default 80%% of the box)")
+    p.add_argument("--pixel-size", type=float, help="pixel size in A, where the STAR file has none or a wrong one")
+    p.add_argument("--no-ctf", action="store_true", help="the particles have no CTF (STAR without CTF columns)")
+    p.set_defaults(func=_cmd_abinitio)
 
     p = sub.add_parser("demo", help="run an ML demo of cryorecon.optim (`demo list` names them)")
     p.add_argument("name", help="demo name, or `list`")

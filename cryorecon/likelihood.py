@@ -140,37 +140,40 @@ def ctf_on_band(band: Band, pixel_size_A: float, ctf_params: dict | None, n_imag
 def slice_gradient(y, ctf, w, phases, slices, p):
     """Posterior-weighted gradient and curvature of the error with respect to slices.
 
+    One row per (image, rotation) pair of non-negligible weight, so no work is spent on
+    poses the posterior has dropped.
+
     Parameters
     ----------
-    y, ctf : (S, M)
-        Image coefficients and CTF of ``S`` sub-problems (an image, or an image and one
-        of its candidate poses).
-    w : (M,) or (S, M)
+    y, ctf : (Q, M)
+        Image coefficients and CTF of the image of each row.
+    w : (M,)
         Likelihood weights ``m_k / (2 sigma_k^2)``.
-    phases : (T, M) or (S, T, M) complex
-        Shift phases.
-    slices : (S, R, M) or (R, M) complex
-        Slices ``P_r`` each sub-problem was scored against.
-    p : (S, T, R) real
-        Posterior weight of each (shift, rotation).
+    phases : (T, M) or (Q, T, M) complex
+        Shift phases, shared or per row.
+    slices : (Q, M) complex
+        Slice ``P_r`` of each row's rotation.
+    p : (Q, T) real
+        Posterior weight of each shift at that rotation.
 
     Returns
     -------
-    grad : (S, R, M) complex
+    grad : (Q, M) complex
         ``sum_t p 2 w C (C P - conj(S_t) Y)``.
-    curvature : (S, R, M) real
+    curvature : (Q, M) real
         ``sum_t p 2 w C^2``: the diagonal of the Hessian in each of Re and Im.
     """
     xp = array_module(y)
-    a = xp.sum(p, axis=1)  # (S, R)
+    a = xp.sum(p, axis=1)[:, None]
     conj_phases = xp.conj(phases)
-    # sum_t p[s,t,r] conj(S_t(k)): (S,R,T) @ (T,M) or (S,T,M) -> (S,R,M)
-    ybar = xp.matmul(xp.swapaxes(p, 1, 2).astype(conj_phases.dtype), conj_phases) * y[:, None, :]
-    wc = (2 * w * ctf)[:, None, :]
-    sl = slices if slices.ndim == 3 else slices[None]
-    grad = wc * (ctf[:, None, :] * a[:, :, None] * sl - ybar)
-    curv = wc * ctf[:, None, :] * a[:, :, None]
-    return grad, curv
+    pc = p.astype(conj_phases.dtype)
+    if conj_phases.ndim == 2:
+        ybar = pc @ conj_phases
+    else:
+        ybar = xp.matmul(pc[:, None, :], conj_phases)[:, 0]
+    wc = 2 * w * ctf
+    grad = wc * (ctf * a * slices - ybar * y)
+    return grad, wc * ctf * a
 
 
 def marginal_nll_and_grad(volume, images, pixel_size_A, ctf_params, rotations, shifts_px, noise: NoiseModel, band: Band, pad: int = 2, log_prior_shift=None):
@@ -217,7 +220,10 @@ def marginal_nll_and_grad(volume, images, pixel_size_A, ctf_params, rotations, s
     b = images.shape[0]
     nll = -xp.sum(pose_search.logsumexp_neg(score.reshape(b, -1)))
     p = pose_search.posterior(score.reshape(b, -1), min_weight=0.0).reshape(score.shape)
-    grad_slices, _ = slice_gradient(y, ctf, w, phases, slices, p)
+    rows = lambda a: xp.repeat(a, n_rot, axis=0)  # noqa: E731  one row per (image, rotation)
+    p_rows = xp.swapaxes(p, 1, 2).reshape(b * n_rot, -1)
+    slice_rows = xp.broadcast_to(slices, (b,) + slices.shape).reshape(b * n_rot, -1)
+    grad_slices, _ = slice_gradient(rows(y), rows(ctf), w, phases, slice_rows, p_rows)
     rot = xp.broadcast_to(xp.asarray(rotations), (b,) + tuple(rotations.shape)).reshape(-1, 3, 3)
-    grad_f = projector.backproject(grad_slices.reshape(b * n_rot, -1), rot, band.coords, f_pad.shape, pad=pad)
+    grad_f = projector.backproject(grad_slices, rot, band.coords, f_pad.shape, pad=pad)
     return float(nll), projector.volume_ft_adjoint(grad_f, L, pad=pad)

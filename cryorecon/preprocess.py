@@ -1,0 +1,105 @@
+"""Particle preprocessing: normalise on the background, downsample, whiten, invert.
+
+Each step is a function of an image batch so that a stack larger than memory streams
+through :func:`prepare_particles` batch by batch.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import fourier
+from .errors import InputError
+
+
+def background_mask(L: int, particle_diameter_px: float) -> np.ndarray:
+    """Boolean (L, L): pixels outside the particle's circle (the background)."""
+    y, x = np.indices((L, L)) - L // 2
+    return np.hypot(x, y) > particle_diameter_px / 2
+
+
+def normalise_background(images: np.ndarray, particle_diameter_px: float) -> np.ndarray:
+    """Zero mean and unit standard deviation of each image's background (RELION's rule)."""
+    bg = background_mask(images.shape[-1], particle_diameter_px)
+    if bg.sum() < 16:
+        raise InputError(
+            f"particle diameter {particle_diameter_px:.1f} px leaves no background in a {images.shape[-1]} px box: "
+            "pass a smaller --particle-diameter-A"
+        )
+    values = images[:, bg]
+    mean = values.mean(axis=1)[:, None, None]
+    std = values.std(axis=1)[:, None, None]
+    return ((images - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
+
+
+def noise_spectrum(images: np.ndarray, particle_diameter_px: float) -> np.ndarray:
+    """Radially averaged power spectrum of the background (particle masked out), per shell."""
+    L = images.shape[-1]
+    bg = background_mask(L, particle_diameter_px).astype(np.float32)
+    power = np.mean(np.abs(fourier.fft2c(images * bg)) ** 2, axis=0) / max(bg.mean(), 1e-6)
+    shells = fourier.shell_index(L, 2)
+    total = np.bincount(shells.ravel(), weights=power.ravel())
+    count = np.bincount(shells.ravel())
+    return total / np.maximum(count, 1)
+
+
+def whiten(images: np.ndarray, spectrum: np.ndarray) -> np.ndarray:
+    """Divide each Fourier shell by the noise amplitude, making coloured noise white."""
+    L = images.shape[-1]
+    shells = fourier.shell_index(L, 2)
+    amp = np.sqrt(np.maximum(spectrum, 1e-12 * spectrum.max()))
+    amp = amp / np.mean(amp[: L // 2])
+    filt = 1.0 / amp[np.minimum(shells, spectrum.size - 1)]
+    return fourier.ifft2c(fourier.fft2c(images) * filt).real.astype(np.float32)
+
+
+def prepare_particles(
+    stack,
+    working_box: int,
+    particle_diameter_A: float | None = None,
+    invert_contrast: bool = False,
+    whiten_noise: bool = False,
+    batch_size: int = 1024,
+    progress=None,
+) -> tuple[np.ndarray, float]:
+    """Read, normalise and Fourier-crop every particle of ``stack`` to ``working_box``.
+
+    Parameters
+    ----------
+    stack : ParticleStack
+    working_box : int
+        Box after downsampling (even, at most the original box).
+    particle_diameter_A : float, optional
+        Diameter of the particle; the background outside it sets each image's
+        normalisation. Default: 80% of the box.
+    invert_contrast : bool
+        Multiply by -1 (for data where the particle is dark).
+    whiten_noise : bool
+        Estimate the background's power spectrum from the first batch and whiten.
+
+    Returns
+    -------
+    images : (N, working_box, working_box) float32
+    pixel_size_A : float
+        The working pixel size.
+    """
+    L = stack.box
+    if working_box > L or working_box % 2:
+        raise InputError(f"working box {working_box} must be even and at most the particle box {L}")
+    diameter_px = 0.8 * L if particle_diameter_A is None else particle_diameter_A / stack.pixel_size_A
+    if diameter_px >= L * np.sqrt(2):
+        raise InputError(f"--particle-diameter-A {particle_diameter_A} is larger than the box ({L * stack.pixel_size_A:.0f} A)")
+    out = np.empty((stack.n, working_box, working_box), dtype=np.float32)
+    spectrum = None
+    for start in range(0, stack.n, batch_size):
+        idx = np.arange(start, min(start + batch_size, stack.n))
+        imgs = normalise_background(stack.images(idx), diameter_px)
+        if invert_contrast:
+            imgs = -imgs
+        if whiten_noise:
+            if spectrum is None:
+                spectrum = noise_spectrum(imgs, diameter_px)
+            imgs = whiten(imgs, spectrum)
+        out[idx] = fourier.fourier_crop(imgs, working_box) if working_box < L else imgs
+        if progress is not None:
+            progress.update(len(idx))
+    return out, stack.pixel_size_A * L / working_box

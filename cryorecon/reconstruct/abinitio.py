@@ -1,0 +1,565 @@
+"""Ab initio reconstruction by preconditioned mini-batch SGD with marginalised poses.
+
+The recipe follows cryoSPARC's (Punjani et al. 2017, Nature Methods 14:290):
+
+1. a seeded random start, low-passed to the first band;
+2. each iteration draws a mini-batch (without replacement, epoch by epoch), searches
+   its poses (:mod:`cryorecon.reconstruct.engine`) in the current Fourier band and
+   backprojects the posterior-weighted gradient;
+3. the gradient is preconditioned in Fourier space by a running estimate of the
+   diagonal of the Hessian (the backprojected ``2 w C^2``), plus a Wiener-like
+   Gaussian prior per shell, and carried to the voxels by the FFT's pseudo-inverse;
+4. the step goes through :mod:`cryorecon.optim` (SGD, optionally with momentum);
+5. the band widens from ``start_res_A`` toward ``target_res_A`` (frequency marching).
+
+On top of that, two things of our own:
+
+- the **adaptive batch size**: the gradient of several disjoint groups of the batch
+  gives the trace of the per-image gradient covariance; Chebyshev's bound
+  (:func:`cryorecon.optim.noise.chebyshev_batch_size`) then says how large a batch
+  makes the batch gradient accurate to a relative ``eps`` with probability
+  ``1 - delta``, and the batch grows toward it;
+- the **hand-over**: after the SGD phase, a few full-data passes (every particle, the
+  same engine) take Newton-like steps from the SGD map, which is what turns a correct
+  low-resolution fold into a map close to the true-pose oracle.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .. import fourier, likelihood, optim, projector
+from ..backend import array_module, get_xp, to_host
+from ..errors import InputError
+from .engine import SearchGrids, evaluate_batch
+
+
+@dataclass
+class AbinitioSettings:
+    """Settings of an ab initio run; :func:`default_settings` derives them from the data."""
+
+    n_classes: int = 1
+    seed: int = 0
+    max_iter: int = 300
+    batch_size: int = 100
+    max_batch_size: int = 1000
+    adaptive_batch: bool = True
+    batch_eps: float = 0.5  # relative gradient error the batch aims for ...
+    batch_delta: float = 0.2  # ... with this failure probability (Chebyshev)
+    n_groups: int = 4
+    start_res_A: float = 35.0
+    target_res_A: float = 12.0
+    march_fraction: float = 0.7  # fraction of iterations over which the band widens
+    coarse_res_A: float = 20.0  # band limit of the global coarse search
+    coarse_step_deg: float = 15.0
+    n_candidates: int = 3
+    max_shift_px: float = 6.0  # in the original box's pixels
+    shift_step_px: float = 2.0
+    learning_rate: float = 0.4
+    momentum: float = 0.0
+    curvature_decay: float = 0.9  # running average of the batch curvature
+    prior_strength: float = 1.0
+    noise_rate: float = 0.2
+    nonnegative: bool = False
+    mask_radius_fraction: float = 0.85  # of the half box
+    handover_passes: int = 2
+    checkpoint_every: int = 25
+    pad: int = 2
+    use_ctf: bool = True
+
+
+def default_settings(n_particles: int, box: int, pixel_size_A: float, **overrides) -> AbinitioSettings:
+    """Settings that work on a typical data set without tuning.
+
+    The target resolution defaults to the working box's Nyquist limit plus 10%, the batch
+    to about 1/30 of the particles (between 64 and 200), and the number of iterations to
+    about 8 passes over the data (between 150 and 400).
+    """
+    s = AbinitioSettings()
+    if pixel_size_A <= 0:
+        raise InputError(f"pixel size {pixel_size_A} A is not positive: pass --pixel-size")
+    nyquist = 2.0 * pixel_size_A
+    batch = int(np.clip(n_particles // 30, 64, 200))
+    iters = int(np.clip(8 * n_particles // batch, 150, 400))
+    s = replace(
+        s,
+        target_res_A=max(1.1 * nyquist, 0.0),
+        batch_size=min(batch, n_particles),
+        max_batch_size=max(min(n_particles, 1000), min(batch, n_particles)),
+        max_iter=iters,
+    )
+    s = replace(s, start_res_A=max(s.start_res_A, 4 * nyquist), coarse_res_A=max(s.coarse_res_A, 3 * nyquist))
+    unknown = set(overrides) - set(asdict(s))
+    if unknown:
+        raise InputError(f"unknown ab initio setting(s): {', '.join(sorted(unknown))}")
+    s = replace(s, **{k: v for k, v in overrides.items() if v is not None})
+    check_settings(s, n_particles, box, pixel_size_A)
+    return s
+
+
+def check_settings(s: AbinitioSettings, n_particles: int, box: int, pixel_size_A: float):
+    """Refuse impossible requests before any work, each with the fix."""
+    nyquist = 2.0 * pixel_size_A
+    if s.target_res_A < nyquist:
+        raise InputError(
+            f"--target-res-A {s.target_res_A:g} is finer than Nyquist ({nyquist:g} A for {pixel_size_A:g} A/px): "
+            f"ask for {nyquist:g} A or more, or use particles with a smaller pixel size"
+        )
+    if box * pixel_size_A < 2 * s.start_res_A:
+        raise InputError(
+            f"the box ({box} px x {pixel_size_A:g} A = {box * pixel_size_A:g} A) is too small to start at "
+            f"{s.start_res_A:g} A: use a larger box or a finer --start-res-A"
+        )
+    if n_particles < s.batch_size:
+        raise InputError(f"only {n_particles} particles, fewer than one batch of {s.batch_size}: add particles or lower --batch-size")
+    if s.n_classes < 1:
+        raise InputError("--classes must be 1 or more")
+
+
+def band_limit_px(res_A: float, box: int, pixel_size_A: float) -> float:
+    """Fourier radius in pixels (of a ``box``-pixel image) of resolution ``res_A``."""
+    return box * pixel_size_A / res_A
+
+
+def resolution_schedule(it: int, s: AbinitioSettings) -> float:
+    """Frequency marching: the band's resolution at iteration ``it`` (linear in 1/res)."""
+    f = min(1.0, it / max(1.0, s.march_fraction * s.max_iter))
+    inv = (1 - f) / s.start_res_A + f / s.target_res_A
+    return 1.0 / inv
+
+
+def random_start(L: int, n_classes: int, rng: np.random.Generator, pixel_size_A: float, res_A: float, mask) -> np.ndarray:
+    """Seeded random maps: a few Gaussian blobs, low-passed to ``res_A``, inside the mask.
+
+    Blobs (rather than white noise) give a positive, compact start whose projections
+    already look particle-like, so the first pose search is not pure chance.
+    """
+    maps = np.zeros((n_classes, L, L, L), dtype=np.float32)
+    grid = np.indices((L, L, L)).astype(np.float32) - L // 2
+    radius = 0.3 * L
+    sigma = max(res_A / pixel_size_A / 2.5, 1.0)
+    for c in range(n_classes):
+        for _ in range(12):
+            centre = rng.normal(0, radius / 2, size=3)
+            d2 = sum((grid[i] - centre[i]) ** 2 for i in range(3))
+            maps[c] += rng.uniform(0.5, 1.0) * np.exp(-d2 / (2 * sigma**2))
+        maps[c] *= mask
+    return maps
+
+
+@dataclass
+class History:
+    """Per-iteration log, written as ``history.csv``."""
+
+    rows: list = field(default_factory=list)
+    columns = ("iteration", "loss", "grad_norm", "k_max_px", "resolution_A", "batch_size", "seconds")
+
+    def add(self, **row):
+        self.rows.append([row[c] for c in self.columns])
+
+    def as_array(self) -> np.ndarray:
+        return np.asarray(self.rows, dtype=np.float64).reshape(-1, len(self.columns))
+
+    def write_csv(self, path):
+        from ..io.atomic import atomic_open
+
+        with atomic_open(path, "w") as fh:
+            fh.write(",".join(self.columns) + "\n")
+            for r in self.rows:
+                fh.write(",".join(f"{v:.6g}" for v in r) + "\n")
+
+
+@dataclass
+class AbinitioResult:
+    maps: np.ndarray  # (K, L, L, L) float32, working box
+    pixel_size_A: float  # of the working box
+    rotations: np.ndarray  # (N, 3, 3) best pose per particle
+    shifts_px: np.ndarray  # (N, 2) best origin offsets, working pixels
+    classes: np.ndarray  # (N,) best class
+    class_probability: np.ndarray  # (N, K)
+    history: History
+    settings: AbinitioSettings
+
+
+class Abinitio:
+    """An ab initio run over particles already in memory (working box).
+
+    Parameters
+    ----------
+    images : (N, L, L) float32
+        Particles, normalised, at the working box.
+    pixel_size_A : float
+    ctf_params : dict of (N,) arrays, or None
+        Keys of :func:`cryorecon.ctf.ctf_values`; None when the data have no CTF.
+    settings : AbinitioSettings
+    checkpoint_path : path, optional
+        Where to checkpoint every ``settings.checkpoint_every`` iterations.
+    progress : bool
+        Show a progress bar.
+    """
+
+    def __init__(self, images, pixel_size_A, ctf_params, settings: AbinitioSettings, checkpoint_path=None, progress=False, xp=None, original_box=None):
+        self.xp = xp or get_xp()
+        self.images = np.ascontiguousarray(images, dtype=np.float32)
+        self.n, self.L = self.images.shape[0], self.images.shape[-1]
+        self.pixel_size_A = float(pixel_size_A)
+        self.ctf_params = ctf_params if settings.use_ctf else None
+        self.s = settings
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.progress = progress
+        scale = self.L / float(original_box or self.L)
+        self.grids = SearchGrids.make(
+            self.xp,
+            coarse_step_deg=settings.coarse_step_deg,
+            max_shift_px=settings.max_shift_px * scale,
+            shift_step_px=max(settings.shift_step_px * scale, 0.5),
+        )
+        self.mask = fourier.soft_sphere_mask(self.L, settings.mask_radius_fraction * self.L / 2, max(2.0, self.L / 32), ndim=3)
+        self._bands = {}
+
+    # ----------------------------------------------------------------- helpers
+    def band(self, k_px: float) -> likelihood.Band:
+        key = round(float(k_px), 1)
+        if key not in self._bands:
+            self._bands[key] = likelihood.Band.make(self.L, key, self.xp)
+        return self._bands[key]
+
+    def batch_data(self, idx, band):
+        xp = self.xp
+        imgs = xp.asarray(self.images[idx])
+        y = likelihood.image_coefficients(imgs, band)
+        params = None if self.ctf_params is None else {k: v[idx] for k, v in self.ctf_params.items()}
+        ctf = likelihood.ctf_on_band(band, self.pixel_size_A, params, len(idx), xp)
+        return y, ctf
+
+    def _prior_lambda(self, f_pad, n_shells_pad):
+        """Per-voxel Gaussian prior precision from the map's own power per shell.
+
+        ``lambda = prior_strength / (2 tau^2)`` with ``tau^2`` the spherically averaged
+        ``|F|^2`` of the current map, as RELION's regularised likelihood does.
+        """
+        xp = array_module(f_pad)
+        shells = self._pad_shells
+        power = (f_pad.real**2 + f_pad.imag**2).ravel()
+        total = xp.bincount(shells, weights=power, minlength=n_shells_pad) if xp is np else _bincount_xp(xp, shells, power, n_shells_pad)
+        count = np.bincount(to_host(shells), minlength=n_shells_pad)
+        tau2 = total / xp.asarray(np.maximum(count, 1))
+        tau2 = xp.maximum(tau2, 1e-3 * xp.max(tau2))
+        lam = self.s.prior_strength / (2 * tau2)
+        return lam[shells].reshape(f_pad.shape)
+
+    # -------------------------------------------------------------------- run
+    def run(self, resume: bool = False) -> AbinitioResult:
+        xp, s = self.xp, self.s
+        pL = projector.padded_size(self.L, s.pad)
+        self._pad_shells = xp.asarray(fourier.shell_index(pL, 3).ravel())
+        n_shells_pad = int(to_host(self._pad_shells).max()) + 1
+        n_pad = float(pL) ** 3
+
+        state = self._load_checkpoint() if resume else None
+        if state is None:
+            state = self._fresh_state()
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["rng_state"]
+        maps = [xp.asarray(m) for m in state["maps"]]
+        curv = [None if c is None else xp.asarray(c) for c in state["curvature"]]
+        noise = likelihood.NoiseModel(xp.asarray(state["sigma2"]))
+        opt = optim.sgd(s.learning_rate, momentum=s.momentum)
+        opt_state = state["opt_state"] if state["opt_state"] is not None else opt.init({f"class{k}": maps[k] for k in range(len(maps))})
+        history = state["history"]
+        batch_size = state["batch_size"]
+        perm, pos = state["perm"], state["pos"]
+        noise_stats = state["noise_stats"]
+
+        bar = _progress(s.max_iter, state["iteration"], self.progress)
+        t0 = time.perf_counter() - (history.rows[-1][-1] if history.rows else 0.0)
+        for it in range(state["iteration"], s.max_iter):
+            res_A = resolution_schedule(it, s)
+            k_px = band_limit_px(res_A, self.L, self.pixel_size_A)
+            band = self.band(min(k_px, self.L / 2 - 1))
+            k_coarse = band_limit_px(max(res_A, s.coarse_res_A), self.L, self.pixel_size_A)
+            # mini-batch without replacement, epoch by epoch
+            if pos + batch_size > self.n:
+                perm, pos = rng.permutation(self.n), 0
+            idx = np.sort(perm[pos : pos + batch_size])
+            pos += batch_size
+            y, ctf = self.batch_data(idx, band)
+            f_pads = [projector.volume_ft(m, pad=s.pad) for m in maps]
+            groups = s.n_groups if s.adaptive_batch else 0
+            out = evaluate_batch(f_pads, y, ctf, noise, band, self.grids, k_coarse, s.n_candidates, s.pad, n_groups=groups)
+            noise.update(band, out.residual_power, rate=s.noise_rate)
+
+            scale = self.n / len(idx)
+            band_mask = self._band_mask(band.k_max_px, pL)
+            updates_in = {}
+            grad_sq = 0.0
+            for k in range(len(maps)):
+                c_batch = out.curvature[k]
+                curv[k] = c_batch if curv[k] is None else s.curvature_decay * curv[k] + (1 - s.curvature_decay) * c_batch
+                lam = self._prior_lambda(f_pads[k], n_shells_pad)
+                g = scale * out.grad[k] + lam * f_pads[k]
+                direction = band_mask * g / (scale * curv[k] + lam)
+                grad_sq += float(xp.sum(xp.abs(band_mask * g) ** 2))
+                updates_in[f"class{k}"] = projector.volume_ft_adjoint(direction, self.L, pad=s.pad) / n_pad
+                if out.group_grads is not None and k == 0:
+                    noise_stats = self._gradient_noise(out.group_grads[0], len(idx), scale * curv[k] + lam, band_mask, noise_stats)
+            updates, opt_state = opt.update(updates_in, opt_state)
+            new = optim.apply_updates({f"class{k}": maps[k] for k in range(len(maps))}, updates)
+            maps = [self._apply_priors(new[f"class{k}"]) for k in range(len(maps))]
+
+            history.add(
+                iteration=it + 1,
+                loss=out.nll / len(idx),
+                grad_norm=float(np.sqrt(grad_sq)),
+                k_max_px=band.k_max_px,
+                resolution_A=res_A,
+                batch_size=len(idx),
+                seconds=time.perf_counter() - t0,
+            )
+            if s.adaptive_batch and noise_stats is not None:
+                batch_size = self._next_batch_size(batch_size, noise_stats)
+            bar.update(1)
+            bar.set_postfix(res=f"{res_A:.1f}A", B=len(idx), loss=f"{out.nll / len(idx):.4g}")
+            if self.checkpoint_path and ((it + 1) % s.checkpoint_every == 0) and it + 1 < s.max_iter:
+                self._save_checkpoint(it + 1, rng, maps, curv, noise, opt_state, history, batch_size, perm, pos, noise_stats)
+        bar.close()
+
+        # hand-over: full-data passes with the same engine
+        final_band = self.band(min(band_limit_px(s.target_res_A, self.L, self.pixel_size_A), self.L / 2 - 1))
+        k_coarse = band_limit_px(max(s.target_res_A, s.coarse_res_A), self.L, self.pixel_size_A)
+        poses = None
+        for _ in range(max(s.handover_passes, 1)):
+            maps, poses = self.full_pass(maps, noise, final_band, k_coarse, update_map=s.handover_passes > 0)
+        return AbinitioResult(
+            maps=np.stack([to_host(m) for m in maps]).astype(np.float32),
+            pixel_size_A=self.pixel_size_A,
+            rotations=poses["rotations"],
+            shifts_px=poses["shifts"],
+            classes=poses["classes"],
+            class_probability=poses["class_probability"],
+            history=history,
+            settings=s,
+        )
+
+    def full_pass(self, maps, noise, band, k_coarse, update_map=True, fixed_poses=None, batch=256):
+        """One pass over every particle: poses, and (optionally) a full-data Newton step.
+
+        With ``fixed_poses`` (rotations (N,3,3), shifts (N,2) working px) the search is
+        skipped: that is the true-pose oracle through the same engine.
+        """
+        xp, s = self.xp, self.s
+        pL = projector.padded_size(self.L, s.pad)
+        f_pads = [projector.volume_ft(m, pad=s.pad) for m in maps]
+        grad = [xp.zeros_like(f) for f in f_pads]
+        curv = [xp.zeros(f.shape, dtype=f.real.dtype) for f in f_pads]
+        rot = np.zeros((self.n, 3, 3), np.float32)
+        shifts = np.zeros((self.n, 2), np.float32)
+        classes = np.zeros(self.n, np.int64)
+        cprob = np.zeros((self.n, len(maps)), np.float64)
+        for start in range(0, self.n, batch):
+            idx = np.arange(start, min(start + batch, self.n))
+            y, ctf = self.batch_data(idx, band)
+            fixed = None if fixed_poses is None else (fixed_poses[0][idx], fixed_poses[1][idx])
+            out = evaluate_batch(f_pads, y, ctf, noise, band, self.grids, k_coarse, s.n_candidates, s.pad, fixed_poses=fixed)
+            for k in range(len(maps)):
+                grad[k] += out.grad[k]
+                curv[k] += out.curvature[k]
+            rot[idx] = to_host(out.best_rotation)
+            shifts[idx] = to_host(out.best_shift)
+            classes[idx] = to_host(out.best_class)
+            cprob[idx] = to_host(out.class_probability)
+        if update_map:
+            band_mask = self._band_mask(band.k_max_px, pL)
+            n_shells_pad = int(to_host(self._pad_shells).max()) + 1
+            n_pad = float(pL) ** 3
+            new_maps = []
+            for k in range(len(maps)):
+                lam = self._prior_lambda(f_pads[k], n_shells_pad) if fixed_poses is None else self._flat_lambda(curv[k])
+                direction = band_mask * (grad[k] + lam * f_pads[k]) / (curv[k] + lam)
+                step = projector.volume_ft_adjoint(direction, self.L, pad=s.pad) / n_pad
+                new_maps.append(self._apply_priors(maps[k] - step))
+            maps = new_maps
+        return maps, {"rotations": rot, "shifts": shifts, "classes": classes, "class_probability": cprob}
+
+    def oracle(self, rotations, shifts_px, passes: int = 3):
+        """Reconstruct with the true poses through the same engine (Newton steps from zero)."""
+        xp, s = self.xp, self.s
+        self._pad_shells = xp.asarray(fourier.shell_index(projector.padded_size(self.L, s.pad), 3).ravel())
+        band = self.band(min(band_limit_px(s.target_res_A, self.L, self.pixel_size_A), self.L / 2 - 1))
+        sample = self.images[: min(self.n, 500)]
+        noise = likelihood.NoiseModel.from_images(xp.asarray(fourier.fft2c(sample)), self.L // 2 + 2)
+        maps = [xp.zeros((self.L,) * 3, dtype=xp.float32)]
+        fixed = (np.asarray(rotations, np.float32), np.asarray(shifts_px, np.float32))
+        for _ in range(passes):
+            maps, _ = self.full_pass(maps, noise, band, 0.0, fixed_poses=fixed)
+        return to_host(maps[0])
+
+    def _flat_lambda(self, curv):
+        """A small Tikhonov term for the oracle: 1% of the mean curvature where data fell."""
+        xp = array_module(curv)
+        return 0.01 * xp.mean(curv[curv > 0]) if bool(xp.any(curv > 0)) else 1.0
+
+    def _band_mask(self, k_px, pL):
+        """Voxels of the padded grid inside the band (radius ``pad * k``)."""
+        r = self._pad_shells.reshape((pL,) * 3)
+        return (r < self.s.pad * k_px).astype(self.xp.float32)
+
+    def _apply_priors(self, volume):
+        v = volume * self.xp.asarray(self.mask)
+        if self.s.nonnegative:
+            v = self.xp.maximum(v, 0)
+        return v.astype(self.xp.float32)
+
+    def _gradient_noise(self, group_grads, batch, precond, band_mask, stats):
+        """Running estimates of ``|mean g|^2`` and ``tr Cov`` in the preconditioned space."""
+        xp = self.xp
+        j = len(group_grads)
+        per_group = batch / j
+        means = [band_mask * g / (per_group * precond) for g in group_grads]
+        mean = sum(means[1:], means[0]) / j
+        mean_sq = float(xp.sum(xp.abs(mean) ** 2))
+        spread = sum(float(xp.sum(xp.abs(m - mean) ** 2)) for m in means) / (j - 1)
+        trace_cov = per_group * spread
+        if stats is None:
+            return {"mean_sq": mean_sq, "trace_cov": trace_cov}
+        a = 0.7
+        return {"mean_sq": a * stats["mean_sq"] + (1 - a) * mean_sq, "trace_cov": a * stats["trace_cov"] + (1 - a) * trace_cov}
+
+    def _next_batch_size(self, batch_size, stats):
+        eps_abs = self.s.batch_eps * np.sqrt(max(stats["mean_sq"], 1e-30))
+        need = optim.noise.chebyshev_batch_size(stats["trace_cov"], eps_abs, self.s.batch_delta)
+        target = int(np.clip(np.ceil(need), batch_size, self.s.max_batch_size))
+        # grow gently (at most 25% per iteration) so one noisy estimate cannot jump B
+        return int(min(target, max(batch_size + 1, int(1.25 * batch_size)))) if target > batch_size else batch_size
+
+    # ------------------------------------------------------------- state
+    def _fresh_state(self):
+        s = self.s
+        rng = np.random.default_rng(s.seed)
+        start = random_start(self.L, s.n_classes, rng, self.pixel_size_A, s.start_res_A, self.mask)
+        k0 = band_limit_px(s.start_res_A, self.L, self.pixel_size_A)
+        start = np.stack([fourier.ifft3c(fourier.fft3c(m) * (fourier.shell_index(self.L, 3) < k0)).real for m in start]).astype(np.float32)
+        sample = self.xp.asarray(self.images[rng.choice(self.n, size=min(self.n, 500), replace=False)])
+        sigma2 = likelihood.NoiseModel.from_images(fourier.fft2c(sample), self.L // 2 + 2).sigma2
+        return {
+            "iteration": 0,
+            "rng_state": rng.bit_generator.state,
+            "maps": list(start),
+            "curvature": [None] * s.n_classes,
+            "sigma2": sigma2,
+            "opt_state": None,
+            "history": History(),
+            "batch_size": s.batch_size,
+            "perm": rng.permutation(self.n),
+            "pos": 0,
+            "noise_stats": None,
+        }
+
+    def _save_checkpoint(self, iteration, rng, maps, curv, noise, opt_state, history, batch_size, perm, pos, noise_stats):
+        from ..io.atomic import atomic_write
+
+        meta = {
+            "iteration": iteration,
+            "rng_state": rng.bit_generator.state,
+            "batch_size": batch_size,
+            "pos": pos,
+            "noise_stats": noise_stats,
+            "settings": asdict(self.s),
+        }
+        arrays = {f"map{k}": to_host(m) for k, m in enumerate(maps)}
+        arrays.update({f"curv{k}": to_host(c) for k, c in enumerate(curv)})
+        arrays["sigma2"] = to_host(noise.sigma2)
+        arrays["perm"] = perm
+        arrays["history"] = history.as_array()
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        path = self.checkpoint_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as tmp:
+            np.savez(tmp, **arrays)
+        optim.save_state(path.with_suffix(".optim.npz"), opt_state)
+
+    def _load_checkpoint(self):
+        path = self.checkpoint_path
+        if path is None or not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            saved = meta["settings"]
+            if saved != json.loads(json.dumps(asdict(self.s))):
+                raise InputError(f"{path}: checkpoint was made with other settings; remove it or rerun without --resume")
+            k = self.s.n_classes
+            maps = [z[f"map{i}"] for i in range(k)]
+            curv = [z[f"curv{i}"] for i in range(k)]
+            history = History(rows=[list(r) for r in z["history"]])
+            state = {
+                "iteration": meta["iteration"],
+                "rng_state": meta["rng_state"],
+                "maps": maps,
+                "curvature": curv,
+                "sigma2": z["sigma2"],
+                "history": history,
+                "batch_size": meta["batch_size"],
+                "perm": z["perm"],
+                "pos": meta["pos"],
+                "noise_stats": meta["noise_stats"],
+            }
+        opt = optim.sgd(self.s.learning_rate, momentum=self.s.momentum)
+        like = opt.init({f"class{i}": self.xp.asarray(maps[i]) for i in range(k)})
+        state["opt_state"] = optim.load_state(path.with_suffix(".optim.npz"), like=like)
+        return state
+
+
+def _bincount_xp(xp, idx, weights, n):
+    out = xp.zeros(n, dtype=xp.float64)
+    xp.add.at(out, idx, weights.astype(xp.float64))
+    return out
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, **kw):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total, initial, enabled):
+    if not enabled:
+        return _NoBar()
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="ab initio", unit="it", disable=not sys.stderr.isatty())
+
+
+def write_outputs(result: AbinitioResult, stack, out_dir, original_box: int):
+    """``map.mrc`` (and ``map_classNN.mrc``), ``particles.star`` and ``history.csv``.
+
+    Maps are written at the working box with its voxel size; poses go back to the
+    particles' own STAR file as RELION 3.1 angles (degrees) and origins (Angstrom).
+    """
+    from ..geometry.rotations import matrix_to_euler
+    from ..io.mrc import write_map
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = np.bincount(result.classes, minlength=result.maps.shape[0])
+    main_class = int(np.argmax(counts))
+    write_map(out / "map.mrc", result.maps[main_class], result.pixel_size_A)
+    if result.maps.shape[0] > 1:
+        for k, m in enumerate(result.maps):
+            write_map(out / f"map_class{k + 1:02d}.mrc", m, result.pixel_size_A)
+    rot, tilt, psi = matrix_to_euler(result.rotations.astype(np.float64))
+    shifts_A = result.shifts_px.astype(np.float64) * result.pixel_size_A
+    extra = {"rlnClassNumber": result.classes + 1, "rlnMaxValueProbDistribution": result.class_probability.max(axis=1)}
+    stack.write_star(out / "particles.star", euler_deg=np.stack([rot, tilt, psi], axis=1), shifts_A=shifts_A, extra_columns=extra)
+    result.history.write_csv(out / "history.csv")
+    return main_class

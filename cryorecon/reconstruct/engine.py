@@ -1,0 +1,227 @@
+"""One mini-batch of the reconstruction engine: pose search, posterior, gradient.
+
+Shared by ab initio (stochastic steps), the full-data hand-over and the true-pose oracle,
+so that all three see exactly the same forward model and likelihood.
+
+A mini-batch is searched in two stages, branch-and-bound in spirit (cryoSPARC, Punjani
+et al. 2017; cryoDRGN): every rotation of a coarse SO(3) grid and every shift of a
+coarse shift grid is scored on the low-frequency part of the band only; the best few
+candidates per image are then rescored on the whole band over a finer local grid of
+rotations and shifts around each. The posterior is the softmax over those local poses;
+the gradient and curvature are backprojected from every pose of non-negligible weight.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import fourier, likelihood, pose_search, projector
+from ..backend import array_module
+from ..geometry.so3_grid import local_grid, so3_grid
+from ..geometry.shifts import shift_grid
+
+
+@dataclass
+class SearchGrids:
+    """Rotation and shift grids of the two search stages, on the device."""
+
+    rotations: object  # (R, 3, 3) coarse global grid
+    coarse_step_deg: float
+    shifts: object  # (T, 2) coarse shifts in working pixels
+    shift_step_px: float
+    local_rotations: object  # (n, 3, 3) small rotations around the identity
+    local_shifts: object  # (t, 2) small offsets around a candidate's shift
+    shift_sigma_px: float
+
+    @classmethod
+    def make(cls, xp, coarse_step_deg=15.0, max_shift_px=6.0, shift_step_px=2.0, shift_sigma_px=None, local_fraction=0.5):
+        rotations = so3_grid(coarse_step_deg)
+        rotations = rotations[0] if isinstance(rotations, tuple) else rotations
+        fine = coarse_step_deg * local_fraction
+        local = local_grid(np.eye(3), fine, n_steps=1)
+        local_shift = shift_grid(shift_step_px * local_fraction, shift_step_px * local_fraction) if max_shift_px > 0 else np.zeros((1, 2))
+        shifts = shift_grid(max_shift_px, shift_step_px) if max_shift_px > 0 else np.zeros((1, 2))
+        sigma = shift_sigma_px if shift_sigma_px is not None else max(max_shift_px / 2.0, 1.0)
+        return cls(
+            xp.asarray(rotations, dtype=xp.float32),
+            float(coarse_step_deg),
+            xp.asarray(shifts, dtype=xp.float32),
+            float(shift_step_px),
+            xp.asarray(local, dtype=xp.float32),
+            xp.asarray(local_shift, dtype=xp.float32),
+            float(sigma),
+        )
+
+    def log_prior_shift(self, shifts):
+        """Gaussian prior on the origin offset, ``-|o|^2 / (2 sigma^2)``."""
+        xp = array_module(shifts)
+        return -xp.sum(shifts**2, axis=-1) / (2 * self.shift_sigma_px**2)
+
+
+@dataclass
+class BatchResult:
+    """What one mini-batch contributes: loss, gradient, curvature and best poses."""
+
+    nll: float  # sum over images of the marginal negative log-likelihood
+    grad: list  # per class, (pL)^3 complex gradient w.r.t. the padded transform
+    curvature: list  # per class, (pL)^3 real backprojected 2 w C^2
+    group_grads: list | None  # per class, list of per-group gradients (adaptive batch)
+    best_rotation: object  # (B, 3, 3)
+    best_shift: object  # (B, 2) working pixels
+    best_class: object  # (B,)
+    class_probability: object  # (B, K)
+    residual_power: object  # (M,) mean |Y - C S P|^2 at the best pose
+
+
+def _batched_phases(coords, L, shifts, dtype):
+    """Shift phases for per-sub-problem shift sets: shifts (S, T, 2) -> (S, T, M)."""
+    s, t, _ = shifts.shape
+    return fourier.shift_phase(coords, L, shifts.reshape(s * t, 2), dtype=dtype).reshape(s, t, -1)
+
+
+def evaluate_batch(
+    f_pads,
+    y,
+    ctf,
+    noise: likelihood.NoiseModel,
+    band: likelihood.Band,
+    grids: SearchGrids,
+    k_coarse_px: float,
+    n_candidates: int = 3,
+    pad: int = 2,
+    fixed_poses=None,
+    n_groups: int = 0,
+    min_weight: float = 1e-3,
+) -> BatchResult:
+    """Search poses for one mini-batch and return the posterior-weighted gradient.
+
+    Parameters
+    ----------
+    f_pads : list of (pL)^3 complex
+        Padded transforms of the K class maps.
+    y, ctf : (B, M)
+        Image coefficients and CTF on ``band``.
+    noise, band, grids
+    k_coarse_px : float
+        Band limit of the global coarse search.
+    n_candidates : int
+        Coarse poses per image that are refined locally.
+    fixed_poses : (rotations (B,3,3), shifts (B,2)), optional
+        Skip the search and use these poses with weight 1 (the true-pose oracle).
+    n_groups : int
+        With ``n_groups >= 2``, also return the gradient of each of that many disjoint
+        image groups, from which the adaptive batch size measures gradient noise.
+    """
+    xp = array_module(y)
+    b, m = y.shape
+    L = band.L
+    n_classes = len(f_pads)
+    w = noise.weights(band).astype(y.real.dtype)
+
+    if fixed_poses is not None:
+        rot = xp.asarray(fixed_poses[0], dtype=xp.float32)[:, None]  # (B, 1, 3, 3)
+        sh = xp.asarray(fixed_poses[1], dtype=xp.float32)[:, None, None, :]  # (B, 1, 1, 2)
+        cls_idx = xp.zeros((b, 1), dtype=xp.int64)
+    else:
+        rot, sh, cls_idx = _coarse_candidates(f_pads, y, ctf, w, band, grids, k_coarse_px, n_candidates, pad)
+        # local neighbourhoods of every candidate
+        rot = xp.matmul(rot[:, :, None], grids.local_rotations[None, None])  # (B, C, n, 3, 3)
+        sh = sh[:, :, None, :] + grids.local_shifts[None, None]  # (B, C, t, 2)
+    n_cand = rot.shape[1]
+    rot_flat = rot.reshape(b, n_cand, -1, 3, 3)
+    n_loc = rot_flat.shape[2]
+    sh = sh.reshape(b, n_cand, -1, 2)
+    n_shift = sh.shape[2]
+
+    # score every (candidate, local shift, local rotation) on the whole band
+    s = b * n_cand
+    y_rep = xp.repeat(y, n_cand, axis=0)
+    ctf_rep = xp.repeat(ctf, n_cand, axis=0)
+    phases = _batched_phases(band.coords, L, sh.reshape(s, n_shift, 2), y.dtype)
+    terms = pose_search.batch_terms(y_rep, ctf_rep, w, phases)
+    slices = xp.empty((s, n_loc, m), dtype=y.dtype)
+    cls_rep = cls_idx.reshape(s)
+    rot_sub = rot_flat.reshape(s, n_loc, 3, 3)
+    for k in range(n_classes):
+        sel = xp.nonzero(cls_rep == k)[0]
+        if sel.size:
+            ext = projector.extract(f_pads[k], rot_sub[sel].reshape(-1, 3, 3), band.coords, pad=pad)
+            slices[sel] = ext.reshape(-1, n_loc, m)
+    err = pose_search.errors_per_image(terms, slices)  # (S, t, n)
+    score = err - grids.log_prior_shift(sh.reshape(s, n_shift, 2))[:, :, None]
+    score_img = score.reshape(b, -1)
+    lse = pose_search.logsumexp_neg(score_img)
+    p = pose_search.posterior(score_img, min_weight=min_weight)
+    best = xp.argmax(p, axis=1)
+
+    # best pose per image
+    per_cand = n_shift * n_loc
+    c_best = best // per_cand
+    t_best = (best % per_cand) // n_loc
+    r_best = best % n_loc
+    ar = xp.arange(b)
+    best_rotation = rot_flat[ar, c_best, r_best]
+    best_shift = sh[ar, c_best, t_best]
+    best_class = cls_idx[ar, c_best]
+    class_prob = xp.zeros((b, n_classes), dtype=xp.float64)
+    p_cand = p.reshape(b, n_cand, -1).sum(axis=2)
+    for k in range(n_classes):
+        class_prob[:, k] = xp.sum(xp.where(cls_idx == k, p_cand, 0), axis=1)
+
+    # residual power at the best pose, for the noise model
+    best_slice = slices.reshape(b, n_cand, n_loc, m)[ar, c_best, r_best]
+    best_phase = fourier.shift_phase(band.coords, L, best_shift, dtype=y.dtype)
+    resid = y - ctf * best_phase * best_slice
+    residual_power = xp.mean(resid.real**2 + resid.imag**2, axis=0)
+
+    # gradient and curvature, backprojected from the (image, rotation) rows of
+    # non-negligible weight only
+    p_sub = p.reshape(s, n_shift, n_loc)
+    live_s, live_r = xp.nonzero(xp.sum(p_sub, axis=1) > 0)
+    grad_rows, curv_rows = likelihood.slice_gradient(
+        y_rep[live_s], ctf_rep[live_s], w, phases[live_s], slices[live_s, live_r], p_sub[live_s, :, live_r]
+    )
+    rot_rows = rot_sub[live_s, live_r]
+    row_class = cls_rep[live_s]
+    row_group = (live_s // n_cand) % max(n_groups, 1)
+    grads, curvs, groups = [], [], []
+    shape = f_pads[0].shape
+    for k in range(n_classes):
+        mine = row_class == k
+        parts = []
+        for g in range(max(n_groups, 1)):
+            sel = xp.nonzero(mine & (row_group == g))[0]
+            parts.append(projector.backproject(grad_rows[sel], rot_rows[sel], band.coords, shape, pad=pad))
+        grads.append(sum(parts[1:], parts[0]))
+        groups.append(parts)
+        sel = xp.nonzero(mine)[0]
+        curvs.append(projector.backproject_weights(curv_rows[sel], rot_rows[sel], band.coords, shape, pad=pad))
+
+    nll = float(-xp.sum(lse)) + b * float(np.log(grids.rotations.shape[0] * max(n_classes, 1)))
+    return BatchResult(nll, grads, curvs, groups if n_groups >= 2 else None, best_rotation, best_shift, best_class, class_prob, residual_power)
+
+
+def _coarse_candidates(f_pads, y, ctf, w, band, grids, k_coarse_px, n_candidates, pad):
+    """Global search over classes x coarse rotations x coarse shifts on the low band."""
+    xp = array_module(y)
+    mc = max(band.prefix(k_coarse_px), 1)
+    coords = band.coords[:mc]
+    phases = fourier.shift_phase(coords, band.L, grids.shifts, dtype=y.dtype)
+    terms = pose_search.batch_terms(y[:, :mc], ctf[:, :mc], w[:mc], phases)
+    n_rot = grids.rotations.shape[0]
+    n_classes = len(f_pads)
+
+    def slice_fn(start, stop):
+        out = []
+        for k in range(start // n_rot, (stop - 1) // n_rot + 1):
+            lo, hi = max(start, k * n_rot) - k * n_rot, min(stop, (k + 1) * n_rot) - k * n_rot
+            out.append(projector.extract(f_pads[k], grids.rotations[lo:hi], coords, pad=pad))
+        return out[0] if len(out) == 1 else xp.concatenate(out, axis=0)
+
+    log_prior = grids.log_prior_shift(grids.shifts)
+    result = pose_search.global_search(terms, slice_fn, n_rot * n_classes, n_candidates, log_prior=log_prior)
+    cls = result.r_idx // n_rot
+    rot = grids.rotations[result.r_idx % n_rot]  # (B, C, 3, 3)
+    sh = grids.shifts[result.t_idx]  # (B, C, 2)
+    return rot, sh, cls
