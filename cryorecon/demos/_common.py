@@ -88,3 +88,20 @@ def load_breast_cancer():
 
     data = _load()
     return data.data.astype(np.float64), np.where(data.target == 1, 1.0, -1.0)
+
+
+def softmax_cross_entropy(W, X, y, l2: float = 0.0):
+    """Mean multinomial-logistic loss of linear scores ``X @ W`` and its gradient in ``W``.
+
+    ``X`` is (n, d) (append a column of ones for a bias), ``W`` is (d, C), ``y`` holds
+    integer labels in [0, C). With ``l2``, adds ``l2/2 |W|^2``. Returns ``(loss, grad)``;
+    the gradient is ``X^T (softmax(X W) - onehot(y)) / n + l2 W``.
+    """
+    scores = X @ W
+    scores = scores - scores.max(axis=1, keepdims=True)
+    log_z = np.log(np.exp(scores).sum(axis=1))
+    n = X.shape[0]
+    loss = float(np.mean(log_z - scores[np.arange(n), y])) + 0.5 * l2 * float(np.sum(W * W))
+    p = np.exp(scores - log_z[:, None])
+    p[np.arange(n), y] -= 1.0
+    return loss, X.T @ p / n + l2 * W
