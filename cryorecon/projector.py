@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import gpu_kernels
 from .backend import array_module
 from .fourier import fft3c, freq_grid_2d, ifft2c, ifft3c
 
@@ -158,6 +159,8 @@ def extract(vol_ft, rotations, coords, pad=2):
         Points whose neighbours fall outside the grid get those neighbours as 0.
     """
     xp = array_module(vol_ft)
+    if xp is not np:
+        return gpu_kernels.extract(vol_ft, rotations, coords, pad)
     pL = vol_ft.shape[-1]
     dtype = _real_dtype(vol_ft)
     rotations = np.asarray(rotations) if array_module(rotations) is np else rotations
@@ -197,22 +200,8 @@ def _scatter(values, rotations, coords, shape, pad, real):
                 acc[1] += np.bincount(idx, weights=np.concatenate([(part.imag * w).ravel() for _, w in corners]), minlength=n)
         out = acc[0].astype(values.dtype) if real else (acc[0] + 1j * acc[1]).astype(values.dtype)
         return out.reshape(shape)
-    import cupyx  # only reached when the arrays are cupy
-
-    # Atomic adds on contiguous float arrays: one for the real, one for the imaginary part.
-    acc = [xp.zeros(pL ** 3, dtype=dtype) for _ in range(1 if real else 2)]
-    for sl in _rotation_chunks(R, M, xp):
-        part = values[sl]
-        for idx, w in _corner_weights(rot_all[sl], coords, pad, pL, xp, dtype):
-            idx = idx.ravel()
-            cupyx.scatter_add(acc[0], idx, (part.real * w).ravel())
-            if not real:
-                cupyx.scatter_add(acc[1], idx, (part.imag * w).ravel())
-    if real:
-        return acc[0].reshape(shape)
-    out = xp.empty(pL ** 3, dtype=xp.complex128 if dtype == xp.float64 else xp.complex64)
-    out.real, out.imag = acc[0], acc[1]
-    return out.reshape(shape)
+    # One thread per (rotation, frequency) with atomic adds: see gpu_kernels.
+    return gpu_kernels.backproject(values, rot_all, coords, shape, pad, real=real)
 
 
 def backproject(values, rotations, coords, shape, pad=2):

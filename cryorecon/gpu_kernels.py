@@ -1,0 +1,282 @@
+"""CUDA kernels for the projector's two hot loops, and the scoring GEMMs' precision.
+
+:func:`extract` (trilinear slice extraction) and :func:`backproject` (its exact
+adjoint, a scatter-add with atomics) are ``cupy.RawKernel`` versions of the vectorised
+``xp`` code in :mod:`cryorecon.projector`, which stays the reference they are tested
+against. One thread handles one (rotation, frequency) pair: it computes the point
+``pL//2 + pad * A^T (kx, ky, 0)`` and its eight trilinear weights in registers, where
+the ``xp`` path materialises eight index and eight weight arrays per chunk; that memory
+traffic, not arithmetic, is what the generic path spends its time on.
+
+The kernels are compiled with ``-fmad=false`` and evaluate the point coordinates and
+weights with the same operations, in the same order and precision, as the reference,
+so extraction agrees with it to rounding of the final sum. Backprojection accumulates
+with ``atomicAdd`` in the values' own precision, so its summation order (and the last
+bits) vary from run to run.
+
+:func:`gemm_precision` lets the pose-scoring matrix products run on tensor cores (TF32
+or bf16 inputs with float32 accumulation) for the duration of a ``with`` block.
+
+CuPy is imported only inside the functions that run on cupy arrays, so this module
+imports on a machine without it.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import numpy as np
+
+from .backend import array_module
+
+_THREADS = 256
+# Grid-stride loops cover any (R, M); more blocks than this only adds launch overhead.
+_MAX_BLOCKS = 1 << 20
+
+_SOURCE = r"""
+// REAL is float or double (set at compile time); complex arrays are interleaved (re, im).
+extern "C" __global__ void extract_slices(
+    const REAL* __restrict__ vol, const REAL* __restrict__ rot, const int* __restrict__ coords,
+    REAL* __restrict__ out, const long long n_rot, const int n_coef, const int pL, const REAL pad)
+{
+    const long long total = n_rot * (long long)n_coef;
+    const REAL centre = (REAL)(pL / 2);
+    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;
+         t += (long long)gridDim.x * blockDim.x) {
+        const long long r = t / n_coef;
+        const int m = (int)(t - r * n_coef);
+        const REAL* A = rot + 9 * r;
+        const REAL kx = (REAL)coords[2 * m], ky = (REAL)coords[2 * m + 1];
+        // (A^T k)_j = A[0, j] kx + A[1, j] ky; j = 0, 1, 2 are x, y, z.
+        const REAL g[3] = {(A[2] * kx + A[5] * ky) * pad + centre,
+                           (A[1] * kx + A[4] * ky) * pad + centre,
+                           (A[0] * kx + A[3] * ky) * pad + centre};
+        int i0[3];
+        REAL w0[3], w1[3];
+        for (int a = 0; a < 3; ++a) {
+            const REAL f0 = floor(g[a]);
+            const REAL f = g[a] - f0;
+            i0[a] = (int)f0;
+            w0[a] = ((unsigned)i0[a] < (unsigned)pL) ? (REAL)1 - f : (REAL)0;
+            w1[a] = ((unsigned)(i0[a] + 1) < (unsigned)pL) ? f : (REAL)0;
+        }
+        REAL re = 0, im = 0;
+        for (int cz = 0; cz < 2; ++cz) {
+            const REAL wz = cz ? w1[0] : w0[0];
+            const int iz = i0[0] + cz;
+            for (int cy = 0; cy < 2; ++cy) {
+                const REAL wzy = wz * (cy ? w1[1] : w0[1]);
+                const int iy = i0[1] + cy;
+                for (int cx = 0; cx < 2; ++cx) {
+                    const REAL w = wzy * (cx ? w1[2] : w0[2]);
+                    if (w != (REAL)0) {
+                        const long long idx = ((long long)iz * pL + iy) * pL + i0[2] + cx;
+                        re += vol[2 * idx] * w;
+                        im += vol[2 * idx + 1] * w;
+                    }
+                }
+            }
+        }
+        out[2 * t] = re;
+        out[2 * t + 1] = im;
+    }
+}
+
+// N_PARTS = 2 scatters interleaved complex values, N_PARTS = 1 real ones.
+extern "C" __global__ void backproject_slices(
+    const REAL* __restrict__ values, const REAL* __restrict__ rot, const int* __restrict__ coords,
+    REAL* __restrict__ out, const long long n_rot, const int n_coef, const int pL, const REAL pad)
+{
+    const long long total = n_rot * (long long)n_coef;
+    const REAL centre = (REAL)(pL / 2);
+    for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;
+         t += (long long)gridDim.x * blockDim.x) {
+        REAL v[N_PARTS];
+        bool any = false;
+        for (int p = 0; p < N_PARTS; ++p) {
+            v[p] = values[N_PARTS * t + p];
+            any = any || v[p] != (REAL)0;
+        }
+        // Rows of zero posterior weight are common; they add nothing.
+        if (!any) continue;
+        const long long r = t / n_coef;
+        const int m = (int)(t - r * n_coef);
+        const REAL* A = rot + 9 * r;
+        const REAL kx = (REAL)coords[2 * m], ky = (REAL)coords[2 * m + 1];
+        const REAL g[3] = {(A[2] * kx + A[5] * ky) * pad + centre,
+                           (A[1] * kx + A[4] * ky) * pad + centre,
+                           (A[0] * kx + A[3] * ky) * pad + centre};
+        int i0[3];
+        REAL w0[3], w1[3];
+        for (int a = 0; a < 3; ++a) {
+            const REAL f0 = floor(g[a]);
+            const REAL f = g[a] - f0;
+            i0[a] = (int)f0;
+            w0[a] = ((unsigned)i0[a] < (unsigned)pL) ? (REAL)1 - f : (REAL)0;
+            w1[a] = ((unsigned)(i0[a] + 1) < (unsigned)pL) ? f : (REAL)0;
+        }
+        for (int cz = 0; cz < 2; ++cz) {
+            const REAL wz = cz ? w1[0] : w0[0];
+            const int iz = i0[0] + cz;
+            for (int cy = 0; cy < 2; ++cy) {
+                const REAL wzy = wz * (cy ? w1[1] : w0[1]);
+                const int iy = i0[1] + cy;
+                for (int cx = 0; cx < 2; ++cx) {
+                    const REAL w = wzy * (cx ? w1[2] : w0[2]);
+                    if (w != (REAL)0) {
+                        const long long idx = ((long long)iz * pL + iy) * pL + i0[2] + cx;
+                        for (int p = 0; p < N_PARTS; ++p)
+                            atomicAdd(out + N_PARTS * idx + p, v[p] * w);
+                    }
+                }
+            }
+        }
+    }
+}
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(name: str, real: str, n_parts: int = 2):
+    import cupy
+
+    # -fmad=false: no fused multiply-adds, so the point coordinates round exactly as
+    # numpy's separate multiplies and adds do, and the weights match the reference.
+    options = (f"-DREAL={real}", f"-DN_PARTS={n_parts}", "-fmad=false")
+    return cupy.RawKernel(_SOURCE, name, options=options)
+
+
+def _real_name(dtype) -> str:
+    return "double" if np.dtype(dtype) in (np.float64, np.complex128) else "float"
+
+
+def _launch(kernel, total, args):
+    blocks = int(min(max(1, -(-total // _THREADS)), _MAX_BLOCKS))
+    kernel((blocks,), (_THREADS,), args)
+
+
+def _prepare(xp, rotations, coords, real_dtype, pL):
+    rot = xp.ascontiguousarray(xp.asarray(rotations, dtype=real_dtype).reshape(-1, 9))
+    c = xp.ascontiguousarray(xp.asarray(coords).astype(xp.int32, copy=False).reshape(-1, 2))
+    return rot, c
+
+
+def extract(vol_ft, rotations, coords, pad=2):
+    """Central slices of a padded transform on the GPU; same contract as the projector's.
+
+    Parameters
+    ----------
+    vol_ft : cupy array (pL, pL, pL) complex64 or complex128
+    rotations : array (R, 3, 3)
+        RELION matrices ``A`` (host or device); the slice is at ``A^T (kx, ky, 0)``.
+    coords : int array (M, 2)
+        ``(kx, ky)`` in pixel frequencies of the unpadded grid.
+    pad : float
+
+    Returns
+    -------
+    cupy array (R, M), dtype of ``vol_ft``
+        Neighbours off the grid count as 0, as in :func:`cryorecon.projector.extract`.
+    """
+    xp = array_module(vol_ft)
+    pL = int(vol_ft.shape[-1])
+    real = vol_ft.real.dtype
+    rot, c = _prepare(xp, rotations, coords, real, pL)
+    n_rot, n_coef = int(rot.shape[0]), int(c.shape[0])
+    vol = xp.ascontiguousarray(vol_ft)
+    out = xp.empty((n_rot, n_coef), dtype=vol_ft.dtype)
+    if n_rot * n_coef == 0:
+        return out
+    args = (vol, rot, c, out, np.int64(n_rot), np.int32(n_coef), np.int32(pL), real.type(pad))
+    _launch(_kernel("extract_slices", _real_name(real)), n_rot * n_coef, args)
+    return out
+
+
+def backproject(values, rotations, coords, shape, pad=2, real=False):
+    """Scatter-add ``values`` with the trilinear weights of :func:`extract` (its adjoint).
+
+    Parameters
+    ----------
+    values : cupy array (R, M)
+        Complex values, or real ones when ``real`` is True (only the real part is used
+        then, as in :func:`cryorecon.projector.backproject_weights`).
+    rotations : array (R, 3, 3)
+    coords : int array (M, 2)
+    shape : tuple (pL, pL, pL)
+    pad : float
+    real : bool
+        Scatter real weights into a real grid instead of complex values.
+
+    Returns
+    -------
+    cupy array ``shape``: complex of the values' precision, or real when ``real``.
+    """
+    xp = array_module(values)
+    pL = int(shape[-1])
+    real_dtype = np.dtype(np.float64 if values.dtype in (np.float64, np.complex128) else np.float32)
+    if real:
+        vals = xp.ascontiguousarray(xp.real(values).astype(real_dtype, copy=False))
+        out = xp.zeros(tuple(shape), dtype=real_dtype)
+    else:
+        cdtype = np.complex128 if real_dtype == np.float64 else np.complex64
+        vals = xp.ascontiguousarray(values.astype(cdtype, copy=False))
+        out = xp.zeros(tuple(shape), dtype=cdtype)
+    rot, c = _prepare(xp, rotations, coords, real_dtype, pL)
+    n_rot, n_coef = int(rot.shape[0]), int(c.shape[0])
+    if vals.size != n_rot * n_coef:
+        raise ValueError(f"values of shape {values.shape} do not match {n_rot} rotations x {n_coef} coefficients")
+    if n_rot * n_coef == 0:
+        return out
+    kernel = _kernel("backproject_slices", _real_name(real_dtype), 1 if real else 2)
+    args = (vals, rot, c, out, np.int64(n_rot), np.int32(n_coef), np.int32(pL), real_dtype.type(pad))
+    _launch(kernel, n_rot * n_coef, args)
+    return out
+
+
+PRECISIONS = ("float32", "tf32", "bf16")
+
+
+@contextlib.contextmanager
+def gemm_precision(precision: str = "float32", xp=None):
+    """Run float32 matrix products inside the block with TF32 or bf16 tensor-core inputs.
+
+    ``tf32`` rounds the inputs to a 10-bit mantissa and ``bf16`` to a 7-bit one; both
+    accumulate in float32 (cuBLAS's ``CUBLAS_COMPUTE_32F_FAST_TF32`` and
+    ``_FAST_16BF``). That is safe for pose scoring, which only ranks poses whose errors
+    differ by much more than the rounding, and the search stays float32 in storage.
+    Keep gradients and anything summed over many terms outside the block. On numpy, or
+    with ``"float32"``, the block changes nothing.
+
+    Parameters
+    ----------
+    precision : {"float32", "tf32", "bf16"}
+    xp : module, optional
+        The array module in use (default: cupy if it is already imported, else numpy).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> with gemm_precision("tf32", xp=np):
+    ...     c = np.ones((2, 3), np.float32) @ np.ones((3, 2), np.float32)
+    >>> c.tolist()
+    [[3.0, 3.0], [3.0, 3.0]]
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if xp is None:
+        import sys
+
+        xp = sys.modules.get("cupy", np)
+    if xp is np or precision == "float32":
+        yield
+        return
+    # The switch that CUPY_TF32=1 sets for the whole process, here for one block only.
+    from cupy._core import _routines_linalg as linalg
+
+    wanted = linalg.COMPUTE_TYPE_TF32 if precision == "tf32" else linalg.COMPUTE_TYPE_BF16
+    before = linalg.get_compute_type(np.float32)
+    linalg.set_compute_type(np.float32, wanted)
+    try:
+        yield
+    finally:
+        linalg.set_compute_type(np.float32, before)
