@@ -167,6 +167,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
         ax[3].plot(clock, loss, label=f"{machines - n_backup} needed + {n_backup} backup")
     ax[3].set_xlabel("simulated seconds")
     ax[3].set_ylabel("test loss (digits)")
+    ax[3].set_yscale("log")
     ax[3].set_title(f"{machines} machines, same budget")
     ax[3].legend()
     fig.tight_layout()
