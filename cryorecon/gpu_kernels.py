@@ -27,7 +27,7 @@ import functools
 
 import numpy as np
 
-from .backend import array_module
+from .backend import array_module, get_xp
 
 _THREADS = 256
 # Grid-stride loops cover any (R, M); more blocks than this only adds launch overhead.
@@ -251,7 +251,7 @@ def gemm_precision(precision: str = "float32", xp=None):
     ----------
     precision : {"float32", "tf32", "bf16"}
     xp : module, optional
-        The array module in use (default: cupy if it is already imported, else numpy).
+        The array module in use (default: :func:`cryorecon.backend.get_xp`).
 
     Examples
     --------
@@ -264,9 +264,7 @@ def gemm_precision(precision: str = "float32", xp=None):
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if xp is None:
-        import sys
-
-        xp = sys.modules.get("cupy", np)
+        xp = get_xp()
     if xp is np or precision == "float32":
         yield
         return

@@ -120,9 +120,13 @@ def oom_errors() -> tuple:
 def release_cached_memory():
     """Return cupy's cached device and pinned blocks to the driver (no-op without cupy)."""
     cupy = sys.modules.get("cupy")
-    if cupy is not None:
+    if cupy is None:
+        return
+    try:
         cupy.get_default_memory_pool().free_all_blocks()
         cupy.get_default_pinned_memory_pool().free_all_blocks()
+    except Exception:  # cupy without a working driver holds no device memory to free
+        pass
 
 
 def retry_halving(fn, size: int, *, min_size: int = 1, errors=None, on_retry=None):
@@ -165,9 +169,9 @@ def retry_halving(fn, size: int, *, min_size: int = 1, errors=None, on_retry=Non
     while True:
         try:
             return fn(size), size
-        except errors as exc:
-            # Drop the failed attempt's references before freeing the pool.
-            del exc
+        except errors:
+            # The failed attempt's arrays are gone once the exception is handled; give
+            # their blocks back so that the smaller try can use them.
             release_cached_memory()
             if size <= min_size:
                 raise InputError(
