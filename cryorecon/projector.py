@@ -178,6 +178,31 @@ def extract(vol_ft, rotations, coords, pad=2):
     return out
 
 
+def extract_nearest(vol_ft, rotations, coords, pad=2):
+    """Central slices by nearest-neighbour look-up on the padded grid: for pose search.
+
+    One gather per point instead of trilinear's eight. On a 2x padded grid the nearest
+    sample is at most half a padded voxel (a quarter of an original Fourier pixel per
+    axis) away, which is accurate enough to rank poses; gradients still go through the
+    exact trilinear pair :func:`extract` / :func:`backproject`.
+
+    Parameters and returns as for :func:`extract`.
+    """
+    xp = array_module(vol_ft)
+    pL = vol_ft.shape[-1]
+    dtype = _real_dtype(vol_ft)
+    rot_all = xp.asarray(rotations).reshape(-1, 3, 3)
+    R, M = rot_all.shape[0], len(coords)
+    flat = vol_ft.reshape(-1)
+    out = xp.empty((R, M), dtype=vol_ft.dtype)
+    for sl in _rotation_chunks(R, M, xp):
+        gx, gy, gz = (xp.rint(g).astype(xp.int32) for g in _slice_points(rot_all[sl], coords, pad, pL, xp, dtype))
+        inside = (gx >= 0) & (gx < pL) & (gy >= 0) & (gy < pL) & (gz >= 0) & (gz < pL)
+        idx = (xp.clip(gz, 0, pL - 1) * pL + xp.clip(gy, 0, pL - 1)) * pL + xp.clip(gx, 0, pL - 1)
+        out[sl] = xp.where(inside, xp.take(flat, idx), 0)
+    return out
+
+
 def _scatter(values, rotations, coords, shape, pad, real):
     xp = array_module(values)
     pL = shape[-1]

@@ -378,7 +378,8 @@ class Abinitio:
             n_pad = float(pL) ** 3
             new_maps = []
             for k in range(len(maps)):
-                lam = self._prior_lambda(f_pads[k], n_shells_pad) if fixed_poses is None else self._flat_lambda(curv[k])
+                # the same regulariser as the oracle, so that the two differ only in poses
+                lam = self._flat_lambda(curv[k])
                 direction = band_mask * (grad[k] + lam * f_pads[k]) / (curv[k] + lam)
                 step = projector.volume_ft_adjoint(direction, self.L, pad=s.pad) / n_pad
                 new_maps.append(self._apply_priors(maps[k] - step))
@@ -399,7 +400,7 @@ class Abinitio:
         return to_host(maps[0])
 
     def _flat_lambda(self, curv):
-        """A small Tikhonov term for the oracle: 1% of the mean curvature where data fell."""
+        """A small Tikhonov term for full-data steps: 1% of the mean curvature where data fell."""
         xp = array_module(curv)
         return 0.01 * xp.mean(curv[curv > 0]) if bool(xp.any(curv > 0)) else 1.0
 

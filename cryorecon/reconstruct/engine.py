@@ -146,7 +146,7 @@ def evaluate_batch(
     for k in range(n_classes):
         sel = xp.nonzero(cls_rep == k)[0]
         if sel.size:
-            ext = projector.extract(f_pads[k], rot_sub[sel].reshape(-1, 3, 3), band.coords, pad=pad)
+            ext = projector.extract_nearest(f_pads[k], rot_sub[sel].reshape(-1, 3, 3), band.coords, pad=pad)
             slices[sel] = ext.reshape(-1, n_loc, m)
     err = pose_search.errors_per_image(terms, slices)  # (S, t, n)
     score = err - grids.log_prior_shift(sh.reshape(s, n_shift, 2))[:, :, None]
@@ -179,11 +179,18 @@ def evaluate_batch(
     # non-negligible weight only
     p_sub = p.reshape(s, n_shift, n_loc)
     live_s, live_r = xp.nonzero(xp.sum(p_sub, axis=1) > 0)
-    grad_rows, curv_rows = likelihood.slice_gradient(
-        y_rep[live_s], ctf_rep[live_s], w, phases[live_s], slices[live_s, live_r], p_sub[live_s, :, live_r]
-    )
     rot_rows = rot_sub[live_s, live_r]
     row_class = cls_rep[live_s]
+    # the search scored nearest-neighbour slices; the gradient needs the exact
+    # trilinear slices of the few live rows, so that it is the adjoint's true gradient
+    exact = xp.empty((live_s.shape[0], m), dtype=y.dtype)
+    for k in range(n_classes):
+        sel = xp.nonzero(row_class == k)[0]
+        if sel.size:
+            exact[sel] = projector.extract(f_pads[k], rot_rows[sel], band.coords, pad=pad)
+    grad_rows, curv_rows = likelihood.slice_gradient(
+        y_rep[live_s], ctf_rep[live_s], w, phases[live_s], exact, p_sub[live_s, :, live_r]
+    )
     row_group = (live_s // n_cand) % max(n_groups, 1)
     grads, curvs, groups = [], [], []
     shape = f_pads[0].shape
@@ -216,7 +223,7 @@ def _coarse_candidates(f_pads, y, ctf, w, band, grids, k_coarse_px, n_candidates
         out = []
         for k in range(start // n_rot, (stop - 1) // n_rot + 1):
             lo, hi = max(start, k * n_rot) - k * n_rot, min(stop, (k + 1) * n_rot) - k * n_rot
-            out.append(projector.extract(f_pads[k], grids.rotations[lo:hi], coords, pad=pad))
+            out.append(projector.extract_nearest(f_pads[k], grids.rotations[lo:hi], coords, pad=pad))
         return out[0] if len(out) == 1 else xp.concatenate(out, axis=0)
 
     log_prior = grids.log_prior_shift(grids.shifts)
