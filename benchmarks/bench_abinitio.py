@@ -19,6 +19,7 @@ FSC ratio, are the figures to compare.
 from __future__ import annotations
 
 import argparse
+import logging
 import resource
 import sys
 import time
@@ -68,6 +69,7 @@ def main(argv=None):
     parser.add_argument("--max-iter", type=int)
     args = parser.parse_args(argv)
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     set_device(args.device)
     volume, pixel_size_A = read_map(args.map)
     L = volume.shape[-1]

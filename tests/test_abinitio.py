@@ -111,3 +111,57 @@ def test_regression_close_to_true_pose_oracle():
     assert info_flipped["mirrored"] != info["mirrored"]
     res_flipped = validate.fsc_resolutions_A(validate.fsc(flipped, volume)[1], L, px)
     assert res_flipped[0.143] == pytest.approx(res[0.143], rel=0.05)
+
+
+@pytest.mark.slow
+def test_two_classes_separate():
+    """Two different maps mixed 50/50: particles land in the right class, maps match."""
+    L, px, n = 32, 8.0, 800
+    rng = np.random.default_rng(21)
+    sources = [chiral_phantom(L, rng=1), chiral_phantom(L, rng=2)]
+    truth = rng.permutation(np.repeat([0, 1], n // 2))
+    rotations = random_rotations(n, rng)
+    shifts = draw_shifts_px(n, rng, 1.0, 3.0)
+    ctf = {
+        "defocus_u_A": draw_defocus_A(n, rng, (1.0, 2.0)),
+        "voltage_kV": np.full(n, 300.0),
+        "cs_mm": np.full(n, 2.7),
+        "amplitude_contrast": np.full(n, 0.1),
+        "defocus_angle_deg": np.zeros(n),
+    }
+    ctf["defocus_v_A"] = ctf["defocus_u_A"]
+    images = np.empty((n, L, L), np.float32)
+    for k in (0, 1):
+        sel = truth == k
+        images[sel], _ = simulate_images(sources[k], rotations[sel], shifts[sel], {c: v[sel] for c, v in ctf.items()}, px, snr=1.0, rng=rng)
+    images /= images.std()
+    result = Abinitio(images, px, ctf, default_settings(n, L, px, n_classes=2, seed=0)).run()
+    agree = np.mean(result.classes == truth)
+    accuracy = max(agree, 1 - agree)
+    assert accuracy >= 0.9
+    order = [0, 1] if agree >= 0.5 else [1, 0]
+    for k in (0, 1):
+        mine = validate.align_maps(result.maps[order[k]], sources[k], pixel_size_A=px)[1]["correlation"]
+        other = validate.align_maps(result.maps[order[k]], sources[1 - k], pixel_size_A=px)[1]["correlation"]
+        assert mine > other
+
+
+def test_adaptive_batch_follows_chebyshev(tiny):
+    """B grows (gently) when tr Cov / (delta eps^2 |g|^2) exceeds it, and never shrinks."""
+    _, images, _, _, ctf = tiny
+    s = dataclasses.replace(_tiny_settings(), batch_eps=0.5, batch_delta=0.2, max_batch_size=120)
+    run = Abinitio(images, 6.0, ctf, s)
+    # Chebyshev: B >= tr Cov / (delta eps^2 |g|^2) = 10 / (0.2 * 0.25 * 1) = 200 > 40
+    assert run._next_batch_size(40, {"mean_sq": 1.0, "trace_cov": 10.0}) == 44
+    assert run._next_batch_size(110, {"mean_sq": 1.0, "trace_cov": 10.0}) == 120  # capped
+    # accurate enough already: 1 / (0.2 * 0.25) = 20 < 40
+    assert run._next_batch_size(40, {"mean_sq": 1.0, "trace_cov": 1.0}) == 40
+
+
+def test_adaptive_batch_is_logged(tiny):
+    _, images, _, _, ctf = tiny
+    s = dataclasses.replace(_tiny_settings(), max_iter=8, batch_size=20, batch_eps=0.05, max_batch_size=100, adapt_after=0.0)
+    result = Abinitio(images, 6.0, ctf, s).run()
+    batch = result.history.as_array()[:, result.history.columns.index("batch_size")]
+    assert batch[0] == 20 and batch[-1] > batch[0]
+    assert np.all(np.diff(batch) >= 0)

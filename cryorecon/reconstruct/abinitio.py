@@ -26,6 +26,7 @@ On top of that, two things of our own:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -37,23 +38,28 @@ from ..backend import array_module, get_xp, to_host
 from ..errors import InputError
 from .engine import SearchGrids, evaluate_batch
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class AbinitioSettings:
     """Settings of an ab initio run; :func:`default_settings` derives them from the data."""
 
     n_classes: int = 1
+    class_similarity: float = 0.5  # annealed to 0 over the band's march (K > 1 only)
     seed: int = 0
-    max_iter: int = 300
+    epochs: float = 4.0  # image visits of the SGD phase, in passes over the data
+    max_iter: int = 1000  # a cap on SGD iterations (the budget is ``epochs``)
     batch_size: int = 100
     max_batch_size: int = 1000
     adaptive_batch: bool = True
     batch_eps: float = 0.5  # relative gradient error the batch aims for ...
     batch_delta: float = 0.2  # ... with this failure probability (Chebyshev)
     n_groups: int = 4
+    adapt_after: float = 0.5  # the batch may grow after this fraction of the band's march
     start_res_A: float = 35.0
     target_res_A: float = 12.0
-    march_fraction: float = 0.7  # fraction of iterations over which the band widens
+    march_fraction: float = 0.7  # fraction of the visit budget over which the band widens
     coarse_res_A: float = 20.0  # band limit of the global coarse search
     coarse_step_deg: float = 15.0
     n_candidates: int = 3
@@ -75,22 +81,23 @@ class AbinitioSettings:
 def default_settings(n_particles: int, box: int, pixel_size_A: float, **overrides) -> AbinitioSettings:
     """Settings that work on a typical data set without tuning.
 
-    The target resolution defaults to the working box's Nyquist limit plus 10%, the batch
-    to about 1/30 of the particles (between 64 and 200), and the number of iterations to
-    about 8 passes over the data (between 150 and 400).
+    The target resolution defaults to the working box's Nyquist limit plus 10%; the batch
+    to about 1/30 of the particles (between 64 and 200); the SGD phase to about 12,000
+    image visits (between 1 and 10 passes over the data). Because the band schedule
+    follows image visits, not iterations, a batch that grows adaptively makes fewer,
+    more accurate steps within the same compute budget.
     """
     s = AbinitioSettings()
     if pixel_size_A <= 0:
         raise InputError(f"pixel size {pixel_size_A} A is not positive: pass --pixel-size")
     nyquist = 2.0 * pixel_size_A
-    batch = int(np.clip(n_particles // 30, 64, 200))
-    iters = int(np.clip(8 * n_particles // batch, 150, 400))
+    batch = min(int(np.clip(n_particles // 30, 64, 200)), n_particles)
     s = replace(
         s,
-        target_res_A=max(1.1 * nyquist, 0.0),
-        batch_size=min(batch, n_particles),
-        max_batch_size=max(min(n_particles, 1000), min(batch, n_particles)),
-        max_iter=iters,
+        target_res_A=1.1 * nyquist,
+        batch_size=batch,
+        max_batch_size=max(min(n_particles // 4, 1000), batch),
+        epochs=float(np.clip(12000 / max(n_particles, 1), 1.0, 10.0)),
     )
     s = replace(s, start_res_A=max(s.start_res_A, 4 * nyquist), coarse_res_A=max(s.coarse_res_A, 3 * nyquist))
     unknown = set(overrides) - set(asdict(s))
@@ -125,9 +132,14 @@ def band_limit_px(res_A: float, box: int, pixel_size_A: float) -> float:
     return box * pixel_size_A / res_A
 
 
-def resolution_schedule(it: int, s: AbinitioSettings) -> float:
-    """Frequency marching: the band's resolution at iteration ``it`` (linear in 1/res)."""
-    f = min(1.0, it / max(1.0, s.march_fraction * s.max_iter))
+def progress_fraction(visits: int, n_particles: int, s: AbinitioSettings) -> float:
+    """How far the SGD phase is, in [0, 1]: image visits over the budget."""
+    return min(1.0, visits / max(1.0, s.epochs * n_particles))
+
+
+def resolution_schedule(fraction: float, s: AbinitioSettings) -> float:
+    """Frequency marching: the band's resolution at ``fraction`` of the budget (linear in 1/res)."""
+    f = min(1.0, fraction / max(1e-9, s.march_fraction))
     inv = (1 - f) / s.start_res_A + f / s.target_res_A
     return 1.0 / inv
 
@@ -219,7 +231,9 @@ class Abinitio:
             shift_step_px=max(settings.shift_step_px * scale, 0.5),
         )
         self.mask = fourier.soft_sphere_mask(self.L, settings.mask_radius_fraction * self.L / 2, max(2.0, self.L / 32), ndim=3)
+        self._device_mask = self.xp.asarray(self.mask)
         self._bands = {}
+        self._band_masks = {}
 
     # ----------------------------------------------------------------- helpers
     def band(self, k_px: float) -> likelihood.Band:
@@ -246,8 +260,9 @@ class Abinitio:
         shells = self._pad_shells
         power = (f_pad.real**2 + f_pad.imag**2).ravel()
         total = xp.bincount(shells, weights=power, minlength=n_shells_pad) if xp is np else _bincount_xp(xp, shells, power, n_shells_pad)
-        count = np.bincount(to_host(shells), minlength=n_shells_pad)
-        tau2 = total / xp.asarray(np.maximum(count, 1))
+        if getattr(self, "_pad_shell_counts", None) is None:
+            self._pad_shell_counts = xp.asarray(np.maximum(np.bincount(to_host(shells), minlength=n_shells_pad), 1))
+        tau2 = total / self._pad_shell_counts
         tau2 = xp.maximum(tau2, 1e-3 * xp.max(tau2))
         lam = self.s.prior_strength / (2 * tau2)
         return lam[shells].reshape(f_pad.shape)
@@ -275,10 +290,14 @@ class Abinitio:
         perm, pos = state["perm"], state["pos"]
         noise_stats = state["noise_stats"]
 
-        bar = _progress(s.max_iter, state["iteration"], self.progress)
+        budget = int(np.ceil(s.epochs * self.n))
+        visits = int(sum(r[history.columns.index("batch_size")] for r in history.rows))
+        bar = _progress(budget, visits, self.progress)
         t0 = time.perf_counter() - (history.rows[-1][-1] if history.rows else 0.0)
-        for it in range(state["iteration"], s.max_iter):
-            res_A = resolution_schedule(it, s)
+        it = state["iteration"]
+        while it < s.max_iter and visits < budget:
+            fraction = progress_fraction(visits, self.n, s)
+            res_A = resolution_schedule(fraction, s)
             k_px = band_limit_px(res_A, self.L, self.pixel_size_A)
             band = self.band(min(k_px, self.L / 2 - 1))
             k_coarse = band_limit_px(max(res_A, s.coarse_res_A), self.L, self.pixel_size_A)
@@ -290,7 +309,10 @@ class Abinitio:
             y, ctf = self.batch_data(idx, band)
             f_pads = [projector.volume_ft(m, pad=s.pad) for m in maps]
             groups = s.n_groups if s.adaptive_batch else 0
-            out = evaluate_batch(f_pads, y, ctf, noise, band, self.grids, k_coarse, s.n_candidates, s.pad, n_groups=groups)
+            similarity = s.class_similarity * max(0.0, 1.0 - fraction / s.march_fraction)
+            out = evaluate_batch(
+                f_pads, y, ctf, noise, band, self.grids, k_coarse, s.n_candidates, s.pad, n_groups=groups, class_similarity=similarity
+            )
             noise.update(band, out.residual_power, rate=s.noise_rate)
 
             scale = self.n / len(idx)
@@ -320,18 +342,29 @@ class Abinitio:
                 batch_size=len(idx),
                 seconds=time.perf_counter() - t0,
             )
-            if s.adaptive_batch and noise_stats is not None:
+            # The early iterations explore: gradient noise is what lets SGD leave a wrong
+            # fold, and the images disagree about a random map anyway. The batch may grow
+            # once the band is half-way marched and the fold has settled.
+            if s.adaptive_batch and noise_stats is not None and fraction >= s.adapt_after * s.march_fraction:
                 batch_size = self._next_batch_size(batch_size, noise_stats)
-            bar.update(1)
+            it += 1
+            visits += len(idx)
+            if it % 10 == 0:
+                log.info(
+                    "iteration %d: %d/%d images, band %.1f A, batch %d, loss %.5g, %.0f s",
+                    it, visits, budget, res_A, len(idx), out.nll / len(idx), history.rows[-1][-1],
+                )
+            bar.update(len(idx))
             bar.set_postfix(res=f"{res_A:.1f}A", B=len(idx), loss=f"{out.nll / len(idx):.4g}")
-            if self.checkpoint_path and ((it + 1) % s.checkpoint_every == 0) and it + 1 < s.max_iter:
-                self._save_checkpoint(it + 1, rng, maps, curv, noise, opt_state, history, batch_size, perm, pos, noise_stats)
+            if self.checkpoint_path and it % s.checkpoint_every == 0 and it < s.max_iter and visits < budget:
+                self._save_checkpoint(it, rng, maps, curv, noise, opt_state, history, batch_size, perm, pos, noise_stats)
         bar.close()
 
         # hand-over: full-data passes with the same engine
         final_band = self.band(min(band_limit_px(s.target_res_A, self.L, self.pixel_size_A), self.L / 2 - 1))
         k_coarse = band_limit_px(max(s.target_res_A, s.coarse_res_A), self.L, self.pixel_size_A)
         poses = None
+        log.info("hand-over: %d full-data pass(es) at %.1f A", max(s.handover_passes, 1), s.target_res_A)
         for _ in range(max(s.handover_passes, 1)):
             maps, poses = self.full_pass(maps, noise, final_band, k_coarse, update_map=s.handover_passes > 0)
         return AbinitioResult(
@@ -405,12 +438,14 @@ class Abinitio:
         return 0.01 * xp.mean(curv[curv > 0]) if bool(xp.any(curv > 0)) else 1.0
 
     def _band_mask(self, k_px, pL):
-        """Voxels of the padded grid inside the band (radius ``pad * k``)."""
-        r = self._pad_shells.reshape((pL,) * 3)
-        return (r < self.s.pad * k_px).astype(self.xp.float32)
+        """Voxels of the padded grid inside the band (radius ``pad * k``), cached per band."""
+        if k_px not in self._band_masks:
+            r = self._pad_shells.reshape((pL,) * 3)
+            self._band_masks[k_px] = (r < self.s.pad * k_px).astype(self.xp.float32)
+        return self._band_masks[k_px]
 
     def _apply_priors(self, volume):
-        v = volume * self.xp.asarray(self.mask)
+        v = volume * self._device_mask
         if self.s.nonnegative:
             v = self.xp.maximum(v, 0)
         return v.astype(self.xp.float32)
@@ -434,8 +469,8 @@ class Abinitio:
         eps_abs = self.s.batch_eps * np.sqrt(max(stats["mean_sq"], 1e-30))
         need = optim.noise.chebyshev_batch_size(stats["trace_cov"], eps_abs, self.s.batch_delta)
         target = int(np.clip(np.ceil(need), batch_size, self.s.max_batch_size))
-        # grow gently (at most 25% per iteration) so one noisy estimate cannot jump B
-        return int(min(target, max(batch_size + 1, int(1.25 * batch_size)))) if target > batch_size else batch_size
+        # grow gently (at most 10% per iteration) so one noisy estimate cannot jump B
+        return int(min(target, max(batch_size + 1, int(1.1 * batch_size)))) if target > batch_size else batch_size
 
     # ------------------------------------------------------------- state
     def _fresh_state(self):
@@ -538,7 +573,7 @@ def _progress(total, initial, enabled):
 
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc="ab initio", unit="it", disable=not sys.stderr.isatty())
+    return tqdm(total=total, initial=initial, desc="ab initio", unit="img", disable=not sys.stderr.isatty())
 
 
 def write_outputs(result: AbinitioResult, stack, out_dir, original_box: int):

@@ -93,6 +93,7 @@ def evaluate_batch(
     fixed_poses=None,
     n_groups: int = 0,
     min_weight: float = 1e-3,
+    class_similarity: float = 0.0,
 ) -> BatchResult:
     """Search poses for one mini-batch and return the posterior-weighted gradient.
 
@@ -109,6 +110,11 @@ def evaluate_batch(
         Coarse poses per image that are refined locally.
     fixed_poses : (rotations (B,3,3), shifts (B,2)), optional
         Skip the search and use these poses with weight 1 (the true-pose oracle).
+    class_similarity : float
+        In [0, 1): each image's class probabilities are pulled this far toward
+        uniform (the poses within a class keep their relative weights). cryoSPARC
+        anneals such a term from about 0.5 to 0 so that every class map learns from
+        every image at first and the classes separate gradually.
     n_groups : int
         With ``n_groups >= 2``, also return the gradient of each of that many disjoint
         image groups, from which the adaptive batch size measures gradient noise.
@@ -153,6 +159,8 @@ def evaluate_batch(
     score_img = score.reshape(b, -1)
     lse = pose_search.logsumexp_neg(score_img)
     p = pose_search.posterior(score_img, min_weight=min_weight)
+    if n_classes > 1 and class_similarity > 0:
+        p = _blend_classes(p, cls_idx, n_classes, class_similarity)
     best = xp.argmax(p, axis=1)
 
     # best pose per image
@@ -210,25 +218,47 @@ def evaluate_batch(
 
 
 def _coarse_candidates(f_pads, y, ctf, w, band, grids, k_coarse_px, n_candidates, pad):
-    """Global search over classes x coarse rotations x coarse shifts on the low band."""
+    """Global search over coarse rotations x coarse shifts on the low band, per class.
+
+    Every class keeps its own ``n_candidates`` per image, so that no class is shut out
+    of the local stage before its map has had a chance to become distinct.
+    """
     xp = array_module(y)
     mc = max(band.prefix(k_coarse_px), 1)
     coords = band.coords[:mc]
     phases = fourier.shift_phase(coords, band.L, grids.shifts, dtype=y.dtype)
     terms = pose_search.batch_terms(y[:, :mc], ctf[:, :mc], w[:mc], phases)
     n_rot = grids.rotations.shape[0]
-    n_classes = len(f_pads)
-
-    def slice_fn(start, stop):
-        out = []
-        for k in range(start // n_rot, (stop - 1) // n_rot + 1):
-            lo, hi = max(start, k * n_rot) - k * n_rot, min(stop, (k + 1) * n_rot) - k * n_rot
-            out.append(projector.extract_nearest(f_pads[k], grids.rotations[lo:hi], coords, pad=pad))
-        return out[0] if len(out) == 1 else xp.concatenate(out, axis=0)
-
     log_prior = grids.log_prior_shift(grids.shifts)
-    result = pose_search.global_search(terms, slice_fn, n_rot * n_classes, n_candidates, log_prior=log_prior)
-    cls = result.r_idx // n_rot
-    rot = grids.rotations[result.r_idx % n_rot]  # (B, C, 3, 3)
-    sh = grids.shifts[result.t_idx]  # (B, C, 2)
-    return rot, sh, cls
+    rots, shifts, classes = [], [], []
+    for k, f_pad in enumerate(f_pads):
+        result = pose_search.global_search(
+            terms,
+            lambda start, stop, f_pad=f_pad: projector.extract_nearest(f_pad, grids.rotations[start:stop], coords, pad=pad),
+            n_rot,
+            n_candidates,
+            log_prior=log_prior,
+        )
+        rots.append(grids.rotations[result.r_idx])  # (B, C, 3, 3)
+        shifts.append(grids.shifts[result.t_idx])  # (B, C, 2)
+        classes.append(xp.full(result.r_idx.shape, k, dtype=xp.int64))
+    return xp.concatenate(rots, axis=1), xp.concatenate(shifts, axis=1), xp.concatenate(classes, axis=1)
+
+
+def _blend_classes(p, cls_idx, n_classes, similarity):
+    """Mix each image's class marginal with the uniform one, keeping in-class shapes."""
+    xp = array_module(p)
+    b, n_cand = cls_idx.shape
+    p_c = p.reshape(b, n_cand, -1)
+    per_cand = p_c.sum(axis=2)
+    marginal = xp.stack([xp.sum(xp.where(cls_idx == k, per_cand, 0), axis=1) for k in range(n_classes)], axis=1)
+    target = (1 - similarity) * marginal + similarity / n_classes
+    # a class whose candidates all fell below the weight cut-off shares its target
+    # mass evenly over its candidates
+    factor = xp.where(marginal > 0, target / xp.maximum(marginal, 1e-300), 0.0)
+    cand_factor = xp.take_along_axis(factor, cls_idx, axis=1)[:, :, None]
+    empty = xp.take_along_axis(marginal <= 0, cls_idx, axis=1)[:, :, None]
+    n_in_class = xp.stack([xp.sum(cls_idx == k, axis=1) for k in range(n_classes)], axis=1)
+    even = xp.take_along_axis(target / xp.maximum(n_in_class, 1), cls_idx, axis=1)[:, :, None] / p_c.shape[2]
+    out = xp.where(empty, even, p_c * cand_factor)
+    return (out / out.sum(axis=(1, 2), keepdims=True)).reshape(b, -1).astype(p.dtype)
