@@ -52,6 +52,32 @@ def whiten(images: np.ndarray, spectrum: np.ndarray) -> np.ndarray:
     return fourier.ifft2c(fourier.fft2c(images) * filt).real.astype(np.float32)
 
 
+def phase_flip(images: np.ndarray, ctf_params: dict, pixel_size_A: float, batch_size: int = 1024) -> np.ndarray:
+    """Multiply each image's Fourier transform by the sign of its CTF.
+
+    Afterwards the data follow ``|CTF| * F`` instead of ``CTF * F``: the sign flips are
+    gone, the amplitude modulation (and the zeros) stay.
+
+    Parameters
+    ----------
+    images : (N, L, L) array
+    ctf_params : dict of (N,) arrays
+        As :meth:`cryorecon.io.particles.ParticleStack.ctf_params` returns; the defocus
+        is in Angstrom, so ``pixel_size_A`` must be the images' own (after any crop).
+    pixel_size_A : float
+    """
+    from .ctf import ctf_image
+
+    out = np.empty(images.shape, dtype=np.float32)
+    L = images.shape[-1]
+    for start in range(0, len(images), batch_size):
+        sl = slice(start, min(start + batch_size, len(images)))
+        params = {k: np.asarray(v)[sl] for k, v in ctf_params.items()}
+        sign = np.sign(ctf_image(L, pixel_size_A, **params))
+        out[sl] = fourier.ifft2c(fourier.fft2c(images[sl]) * sign).real
+    return out
+
+
 def prepare_particles(
     stack,
     working_box: int,
@@ -99,7 +125,7 @@ def prepare_particles(
             if spectrum is None:
                 spectrum = noise_spectrum(imgs, diameter_px)
             imgs = whiten(imgs, spectrum)
-        out[idx] = fourier.fourier_crop(imgs, working_box) if working_box < L else imgs
+        out[idx] = fourier.fourier_crop(imgs, working_box, ndim=2) if working_box < L else imgs
         if progress is not None:
             progress.update(len(idx))
     return out, stack.pixel_size_A * L / working_box

@@ -1,0 +1,81 @@
+"""Preprocessing: background normalisation, whitening, phase flip, downsampling."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cryorecon import fourier
+from cryorecon.ctf import ctf_image
+from cryorecon.errors import InputError
+from cryorecon.io.particles import ParticleStack
+from cryorecon.preprocess import background_mask, noise_spectrum, normalise_background, phase_flip, prepare_particles, whiten
+
+
+def test_normalise_background_uses_only_the_background():
+    rng = np.random.default_rng(0)
+    L = 32
+    imgs = rng.normal(5.0, 3.0, size=(6, L, L)).astype(np.float32)
+    inside = ~background_mask(L, 20)
+    imgs[:, inside] += 100.0  # a bright particle must not change the normalisation
+    out = normalise_background(imgs, 20)
+    bg = background_mask(L, 20)
+    np.testing.assert_allclose(out[:, bg].mean(axis=1), 0, atol=1e-5)
+    np.testing.assert_allclose(out[:, bg].std(axis=1), 1, atol=1e-5)
+    assert out[:, inside].mean() > 20
+    with pytest.raises(InputError, match="particle diameter"):
+        normalise_background(imgs, 2 * L)
+
+
+def test_whitening_flattens_coloured_noise():
+    rng = np.random.default_rng(1)
+    L, n = 48, 300
+    white = rng.normal(size=(n, L, L)).astype(np.float32)
+    shells = fourier.shell_index(L, 2)
+    colour = 1.0 / (1.0 + (shells / 6.0) ** 2)  # strongly low-pass noise
+    coloured = fourier.ifft2c(fourier.fft2c(white) * colour).real.astype(np.float32)
+    spec = noise_spectrum(coloured, 0.0)
+    assert spec[2] / spec[20] > 50
+    flat = noise_spectrum(whiten(coloured, spec), 0.0)
+    ratio = flat[1 : L // 2] / np.median(flat[1 : L // 2])
+    assert np.all(np.abs(ratio - 1) < 0.25)
+
+
+def test_phase_flip_gives_abs_ctf():
+    rng = np.random.default_rng(2)
+    L, px = 32, 3.0
+    # band-limited below Nyquist: the Nyquist row has no Hermitian partner on an even grid
+    clean = fourier.ifft2c(fourier.fft2c(rng.normal(size=(4, L, L))) * (fourier.shell_index(L, 2) < L // 2 - 1)).real
+    params = {"defocus_u_A": np.array([8e3, 1.2e4, 1.6e4, 2e4]), "defocus_v_A": np.array([8e3, 1.1e4, 1.6e4, 2.1e4]),
+              "defocus_angle_deg": np.array([0.0, 30.0, 0.0, 60.0]), "voltage_kV": np.full(4, 300.0),
+              "cs_mm": np.full(4, 2.7), "amplitude_contrast": np.full(4, 0.1)}
+    ctf = ctf_image(L, px, **params)
+    observed = fourier.ifft2c(fourier.fft2c(clean) * ctf).real.astype(np.float32)
+    expected = fourier.ifft2c(fourier.fft2c(clean) * np.abs(ctf)).real
+    got = phase_flip(observed, params, px, batch_size=3)
+    np.testing.assert_allclose(got, expected, atol=1e-4 * np.abs(expected).max())
+    assert np.corrcoef(observed.ravel(), expected.ravel())[0, 1] < 0.9
+
+
+@pytest.fixture(scope="module")
+def small_stack(tmp_path_factory):
+    from cryorecon.io.mrc import write_map
+    from cryorecon.phantom import chiral_phantom
+    from cryorecon.simulate import simulate_dataset
+
+    d = tmp_path_factory.mktemp("pre")
+    write_map(d / "phantom.mrc", chiral_phantom(32, rng=np.random.default_rng(0)), 3.0)
+    simulate_dataset(d / "phantom.mrc", d, n=50, snr=1.0, seed=1)
+    return ParticleStack.from_star(d / "particles.star")
+
+
+def test_prepare_particles_downsamples(small_stack):
+    images, px = prepare_particles(small_stack, 24, particle_diameter_A=60.0, batch_size=16)
+    assert images.shape == (50, 24, 24) and images.dtype == np.float32
+    assert px == pytest.approx(3.0 * 32 / 24)
+    full = normalise_background(small_stack.images(np.arange(50)), 20.0)
+    np.testing.assert_allclose(images, fourier.fourier_crop(full, 24, ndim=2), atol=1e-4)
+    inverted, _ = prepare_particles(small_stack, 32, particle_diameter_A=60.0, invert_contrast=True)
+    np.testing.assert_allclose(inverted, -full, atol=1e-5)
+    for bad in (33, 40):
+        with pytest.raises(InputError, match="working box"):
+            prepare_particles(small_stack, bad)
