@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
@@ -27,33 +28,49 @@ def _cmd_demo(args):
 
 
 def _cmd_abinitio(args):
-    from .backend import current_device, set_device
-    from .io.particles import ParticleStack
-    from .preprocess import prepare_particles
-    from .reconstruct.abinitio import Abinitio, default_settings, write_outputs
+    """The abinitio pipeline (preprocess -> ab initio) in ``--out``, built from the flags."""
+    from .pipeline import Pipeline
 
-    set_device(args.device)
-    stack = ParticleStack.from_star(args.particles, pixel_size_A=args.pixel_size, require_ctf=not args.no_ctf)
-    box = args.working_box or min(stack.box, 64 if current_device() == "cpu" else 128)
-    images, pixel_size_A = prepare_particles(stack, box, particle_diameter_A=args.particle_diameter_A)
-    settings = default_settings(
-        stack.n,
-        box,
-        pixel_size_A,
-        n_classes=args.classes,
-        seed=args.seed,
-        max_iter=args.max_iter,
-        target_res_A=args.target_res_A,
-        batch_size=args.batch_size,
-        use_ctf=not args.no_ctf,
-    )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ctf = None if args.no_ctf else stack.ctf_params()
-    run = Abinitio(images, pixel_size_A, ctf, settings, checkpoint_path=out / "checkpoint.npz", progress=True, original_box=stack.box)
-    result = run.run(resume=args.resume)
-    write_outputs(result, stack, out, stack.box)
-    print(f"wrote {out / 'map.mrc'} ({box} px, {pixel_size_A:.3f} A/px), particles.star, history.csv")
+    config = {
+        "pipeline": {"name": "abinitio", "seed": args.seed, "device": args.device, "stages": ["preprocess", "abinitio"]},
+        "preprocess": {
+            "particles": str(Path(args.particles).resolve()),
+            "pixel_size_override_A": args.pixel_size,
+            "working_box": args.working_box if args.working_box is not None else "auto",
+            "particle_diameter_A": args.particle_diameter_A,
+            "ctf": not args.no_ctf,
+        },
+        "abinitio": {
+            "n_classes": args.classes, "max_iter": args.max_iter, "target_res_A": args.target_res_A,
+            "batch_size": args.batch_size,
+        },
+    }
+    config = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in config.items()}
+    pipe = Pipeline.from_config(config, Path.cwd(), args.out)
+    # Without --resume the run starts afresh; with it, finished stages are reused and an
+    # interrupted ab initio continues from its checkpoint.
+    results = pipe.run(force=() if args.resume else ("all",))
+    ab = results["abinitio"]
+    print(f"wrote {Path(args.out) / 'map.mrc'} ({ab['box']} px, {ab['pixel_size_A']:.3f} A/px), particles.star, history.csv")
+    return 0
+
+
+def _cmd_run(args):
+    from .pipeline import Pipeline, default_run_dir
+
+    run_dir = Path(args.out) if args.out else default_run_dir(args.pipeline)
+    pipe = Pipeline.from_toml(args.pipeline, run_dir=run_dir, overrides=args.set or ())
+    t0 = time.perf_counter()
+    results = pipe.run(force=args.force or ())
+    record = pipe.read_record()
+    for stage in pipe.stages:
+        rec = record["stages"].get(stage.name, {})
+        state = "reused" if rec.get("skipped") else f"{rec.get('seconds', 0):.1f} s"
+        print(f"  {stage.name:11s} {state}")
+    cmp_ = results.get("compare")
+    if cmp_:
+        print(f"FSC against the reference: {cmp_['fsc_0.5_A']:.1f} A at 0.5, {cmp_['fsc_0.143_A']:.1f} A at 0.143")
+    print(f"done in {time.perf_counter() - t0:.1f} s: {run_dir} (report.md, run.json, run.log)")
     return 0
 
 
@@ -71,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=1, help="number of classes K (default 1)")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default=None, help="default: $CRYORECON_DEVICE or auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.npz")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse finished stages in DIR and continue ab initio from DIR/checkpoint.npz")
     p.add_argument("--max-iter", type=int, help="SGD iterations (default from the particle count)")
     p.add_argument("--target-res-A", type=float, help="final band limit in A (default: Nyquist of the working box + 10%%)")
     p.add_argument("--batch-size", type=int, help="initial mini-batch size (default from the particle count)")
@@ -80,6 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-size", type=float, help="pixel size in A, where the STAR file has none or a wrong one")
     p.add_argument("--no-ctf", action="store_true", help="the particles have no CTF (STAR without CTF columns)")
     p.set_defaults(func=_cmd_abinitio)
+
+    p = sub.add_parser(
+        "run",
+        help="run a pipeline TOML file (pipelines/*.toml) into a run folder",
+        description="Run the stages of PIPELINE.toml in a run folder. Finished stages whose inputs and "
+        "parameters are unchanged are reused (run.json records them); an interrupted ab initio stage "
+        "continues from its checkpoint; --force STAGE reruns one stage.",
+    )
+    p.add_argument("pipeline", help="pipeline TOML file, e.g. pipelines/sample.toml")
+    p.add_argument("--out", help="run folder (default runs/NAME, NAME from [pipeline] name)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override a config value (TOML syntax), e.g. --set abinitio.max_iter=50; repeatable")
+    p.add_argument("--force", action="append", metavar="STAGE", help="rerun this stage (or `all`); repeatable")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("demo", help="run an ML demo of cryorecon.optim (`demo list` names them)")
     p.add_argument("name", help="demo name, or `list`")
@@ -294,7 +326,8 @@ def main(argv=None) -> int:
         print(f"cryorecon {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"cryorecon {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
+        hint = "rerun the same command to continue" if args.command == "run" else "rerun with --resume to continue"
+        print(f"cryorecon {args.command}: interrupted; {hint}", file=sys.stderr)
         return 130
 
 
