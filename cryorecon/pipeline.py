@@ -645,6 +645,9 @@ class AbinitioStage:
                 resume = json.loads(marker.read_text()) == key
             except (OSError, json.JSONDecodeError):
                 resume = False
+            # The engine writes the optimizer state as a second file just after the
+            # checkpoint; a kill between the two leaves a checkpoint that cannot resume.
+            resume = resume and self._checkpoint(ctx).with_suffix(".optim.npz").exists()
             if not resume:
                 log.info("abinitio: checkpoint from other settings or inputs; starting afresh")
                 self.forget(ctx)
