@@ -617,7 +617,7 @@ class AbinitioStage:
 
     def _checkpoint_files(self, ctx):
         cp = self._checkpoint(ctx)
-        return [cp, cp.with_suffix(".optim.npz"), ctx.path("checkpoint.json")]
+        return [cp, *cp.parent.glob(f"{cp.stem}.optim-*.npz"), ctx.path("checkpoint.json")]
 
     def forget(self, ctx):
         """A forced rerun starts afresh: drop the checkpoint."""
@@ -645,9 +645,6 @@ class AbinitioStage:
                 resume = json.loads(marker.read_text()) == key
             except (OSError, json.JSONDecodeError):
                 resume = False
-            # The engine writes the optimizer state as a second file just after the
-            # checkpoint; a kill between the two leaves a checkpoint that cannot resume.
-            resume = resume and self._checkpoint(ctx).with_suffix(".optim.npz").exists()
             if not resume:
                 log.info("abinitio: checkpoint from other settings or inputs; starting afresh")
                 self.forget(ctx)

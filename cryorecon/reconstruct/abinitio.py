@@ -60,7 +60,7 @@ class AbinitioSettings:
     start_res_A: float = 35.0
     target_res_A: float = 12.0
     march_fraction: float = 0.7  # fraction of the visit budget over which the band widens
-    coarse_res_A: float = 20.0  # band limit of the global coarse search
+    coarse_res_A: float = 25.0  # band limit of the global coarse search
     coarse_step_deg: float = 15.0
     n_candidates: int = 3
     max_shift_px: float = 6.0  # in the original box's pixels
@@ -72,7 +72,7 @@ class AbinitioSettings:
     noise_rate: float = 0.2
     nonnegative: bool = False
     mask_radius_fraction: float = 0.85  # of the half box
-    handover_passes: int = 2
+    handover_passes: int = 3
     checkpoint_every: int = 25
     pad: int = 2
     use_ctf: bool = True
@@ -365,8 +365,11 @@ class Abinitio:
         k_coarse = band_limit_px(max(s.target_res_A, s.coarse_res_A), self.L, self.pixel_size_A)
         poses = None
         log.info("hand-over: %d full-data pass(es) at %.1f A", max(s.handover_passes, 1), s.target_res_A)
-        for _ in range(max(s.handover_passes, 1)):
-            maps, poses = self.full_pass(maps, noise, final_band, k_coarse, update_map=s.handover_passes > 0)
+        for p in range(max(s.handover_passes, 1)):
+            # the first pass searches globally; later ones refine locally on finer grids
+            grids = self.grids if poses is None else self._fine_grids(p)
+            maps, poses = self.full_pass(maps, noise, final_band, k_coarse, update_map=s.handover_passes > 0, local_from=poses, grids=grids)
+            log.info("hand-over pass %d done", p + 1)
         return AbinitioResult(
             maps=np.stack([to_host(m) for m in maps]).astype(np.float32),
             pixel_size_A=self.pixel_size_A,
@@ -378,7 +381,19 @@ class Abinitio:
             settings=s,
         )
 
-    def full_pass(self, maps, noise, band, k_coarse, update_map=True, fixed_poses=None, batch=256):
+    def _fine_grids(self, level):
+        """Local grids ``2**level`` times finer than the SGD phase's."""
+        g = self.grids
+        return SearchGrids.make(
+            self.xp,
+            coarse_step_deg=g.coarse_step_deg,
+            max_shift_px=0.0 if g.shifts.shape[0] == 1 else float(to_host(g.shifts).max()),
+            shift_step_px=g.shift_step_px,
+            local_fraction=0.5 / 2**level,
+            shift_sigma_px=g.shift_sigma_px,
+        )
+
+    def full_pass(self, maps, noise, band, k_coarse, update_map=True, fixed_poses=None, batch=256, local_from=None, grids=None):
         """One pass over every particle: poses, and (optionally) a full-data Newton step.
 
         With ``fixed_poses`` (rotations (N,3,3), shifts (N,2) working px) the search is
@@ -397,7 +412,10 @@ class Abinitio:
             idx = np.arange(start, min(start + batch, self.n))
             y, ctf = self.batch_data(idx, band)
             fixed = None if fixed_poses is None else (fixed_poses[0][idx], fixed_poses[1][idx])
-            out = evaluate_batch(f_pads, y, ctf, noise, band, self.grids, k_coarse, s.n_candidates, s.pad, fixed_poses=fixed)
+            local = None if local_from is None else (local_from["rotations"][idx], local_from["shifts"][idx], local_from["classes"][idx])
+            out = evaluate_batch(
+                f_pads, y, ctf, noise, band, grids or self.grids, k_coarse, s.n_candidates, s.pad, fixed_poses=fixed, local_poses=local
+            )
             for k in range(len(maps)):
                 grad[k] += out.grad[k]
                 curv[k] += out.curvature[k]
@@ -496,8 +514,18 @@ class Abinitio:
         }
 
     def _save_checkpoint(self, iteration, rng, maps, curv, noise, opt_state, history, batch_size, perm, pos, noise_stats):
+        """Write the whole run state so that ``run(resume=True)`` continues bit for bit.
+
+        The optimizer state goes first into a file named after the iteration; the main
+        checkpoint, renamed into place last, names that file. A kill at any moment
+        leaves the previous pair or the new pair, never a mix.
+        """
         from ..io.atomic import atomic_write
 
+        path = self.checkpoint_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        optim_file = f"{path.stem}.optim-{iteration:06d}.npz"
+        optim.save_state(path.parent / optim_file, opt_state)
         meta = {
             "iteration": iteration,
             "rng_state": rng.bit_generator.state,
@@ -505,6 +533,7 @@ class Abinitio:
             "pos": pos,
             "noise_stats": noise_stats,
             "settings": asdict(self.s),
+            "optim_file": optim_file,
         }
         arrays = {f"map{k}": to_host(m) for k, m in enumerate(maps)}
         arrays.update({f"curv{k}": to_host(c) for k, c in enumerate(curv)})
@@ -512,11 +541,11 @@ class Abinitio:
         arrays["perm"] = perm
         arrays["history"] = history.as_array()
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        path = self.checkpoint_path
-        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as tmp:
             np.savez(tmp, **arrays)
-        optim.save_state(path.with_suffix(".optim.npz"), opt_state)
+        for old in path.parent.glob(f"{path.stem}.optim-*.npz"):
+            if old.name != optim_file:
+                old.unlink(missing_ok=True)
 
     def _load_checkpoint(self):
         path = self.checkpoint_path
@@ -545,7 +574,7 @@ class Abinitio:
             }
         opt = optim.sgd(self.s.learning_rate, momentum=self.s.momentum)
         like = opt.init({f"class{i}": self.xp.asarray(maps[i]) for i in range(k)})
-        state["opt_state"] = optim.load_state(path.with_suffix(".optim.npz"), like=like)
+        state["opt_state"] = optim.load_state(path.parent / meta["optim_file"], like=like)
         return state
 
 

@@ -36,6 +36,7 @@ class SearchGrids:
 
     @classmethod
     def make(cls, xp, coarse_step_deg=15.0, max_shift_px=6.0, shift_step_px=2.0, shift_sigma_px=None, local_fraction=0.5):
+        """Grids for a coarse step; the local grids step ``local_fraction`` of it."""
         rotations = so3_grid(coarse_step_deg)
         rotations = rotations[0] if isinstance(rotations, tuple) else rotations
         fine = coarse_step_deg * local_fraction
@@ -94,6 +95,7 @@ def evaluate_batch(
     n_groups: int = 0,
     min_weight: float = 1e-3,
     class_similarity: float = 0.0,
+    local_poses=None,
 ) -> BatchResult:
     """Search poses for one mini-batch and return the posterior-weighted gradient.
 
@@ -110,6 +112,9 @@ def evaluate_batch(
         Coarse poses per image that are refined locally.
     fixed_poses : (rotations (B,3,3), shifts (B,2)), optional
         Skip the search and use these poses with weight 1 (the true-pose oracle).
+    local_poses : (rotations (B,3,3), shifts (B,2), classes (B,)), optional
+        Skip the global stage: search only the local grids around these poses (local
+        refinement from known poses).
     class_similarity : float
         In [0, 1): each image's class probabilities are pulled this far toward
         uniform (the poses within a class keep their relative weights). cryoSPARC
@@ -130,7 +135,12 @@ def evaluate_batch(
         sh = xp.asarray(fixed_poses[1], dtype=xp.float32)[:, None, None, :]  # (B, 1, 1, 2)
         cls_idx = xp.zeros((b, 1), dtype=xp.int64)
     else:
-        rot, sh, cls_idx = _coarse_candidates(f_pads, y, ctf, w, band, grids, k_coarse_px, n_candidates, pad)
+        if local_poses is not None:
+            rot = xp.asarray(local_poses[0], dtype=xp.float32)[:, None]  # (B, 1, 3, 3)
+            sh = xp.asarray(local_poses[1], dtype=xp.float32)[:, None]  # (B, 1, 2)
+            cls_idx = xp.asarray(local_poses[2], dtype=xp.int64)[:, None]
+        else:
+            rot, sh, cls_idx = _coarse_candidates(f_pads, y, ctf, w, band, grids, k_coarse_px, n_candidates, pad)
         # local neighbourhoods of every candidate
         rot = xp.matmul(rot[:, :, None], grids.local_rotations[None, None])  # (B, C, n, 3, 3)
         sh = sh[:, :, None, :] + grids.local_shifts[None, None]  # (B, C, t, 2)
