@@ -29,7 +29,7 @@ import numpy as np
 
 from cryorecon import validate
 from cryorecon.backend import set_device
-from cryorecon.geometry.rotations import random_rotations
+from cryorecon.geometry.rotations import angular_distance_deg, random_rotations
 from cryorecon.io.mrc import read_map
 from cryorecon.reconstruct.abinitio import Abinitio, default_settings
 from cryorecon.simulate import draw_defocus_A, draw_shifts_px, simulate_images
@@ -86,6 +86,8 @@ def main(argv=None):
         _, curve = validate.fsc(aligned, volume)
         res = validate.fsc_resolutions_A(curve, L, pixel_size_A)
         pose_err = validate.pose_error_deg(result.rotations, rotations, info)
+        errors = angular_distance_deg(validate.map_poses(result.rotations, info), rotations)
+        within = {t: float(np.mean(errors <= t)) for t in (5, 10, 20)}
 
         t0 = time.perf_counter()
         oracle = run.oracle(rotations, shifts)
@@ -96,7 +98,8 @@ def main(argv=None):
         print(
             f"SNR {snr:g}: ab initio FSC0.143 {res[0.143]:.1f} A, FSC0.5 {res[0.5]:.1f} A, "
             f"median pose error {pose_err:.2f} deg, mirrored {info['mirrored']}, {t_ab:.0f} s "
-            f"({settings.max_iter} iterations) | oracle FSC0.143 {res_o[0.143]:.1f} A, FSC0.5 {res_o[0.5]:.1f} A, {t_or:.0f} s "
+            f"({len(result.history.rows)} SGD iterations; poses within 5/10/20 deg: "
+            f"{within[5]:.2f}/{within[10]:.2f}/{within[20]:.2f}) | oracle FSC0.143 {res_o[0.143]:.1f} A, FSC0.5 {res_o[0.5]:.1f} A, {t_or:.0f} s "
             f"| ratio FSC0.143 ab initio/oracle {res[0.143] / res_o[0.143]:.3f} | peak RSS {peak_memory_gb():.2f} GB",
             flush=True,
         )

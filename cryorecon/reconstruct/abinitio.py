@@ -72,7 +72,7 @@ class AbinitioSettings:
     noise_rate: float = 0.2
     nonnegative: bool = False
     mask_radius_fraction: float = 0.85  # of the half box
-    handover_passes: int = 3
+    handover_passes: int = 4
     checkpoint_every: int = 25
     pad: int = 2
     use_ctf: bool = True
@@ -450,10 +450,26 @@ class Abinitio:
             maps, _ = self.full_pass(maps, noise, band, 0.0, fixed_poses=fixed)
         return to_host(maps[0])
 
-    def _flat_lambda(self, curv):
-        """A small Tikhonov term for full-data steps: 1% of the mean curvature where data fell."""
+    def _flat_lambda(self, curv, fraction: float = 0.01):
+        """Tikhonov term for full-data steps: 1% of each shell's mean curvature.
+
+        Relative to each shell, so the regularisation does not depend on the noise
+        model's spectral shape: the oracle (noise from raw image power) and the hand-over
+        (noise from residuals) then differ only in their poses.
+        """
         xp = array_module(curv)
-        return 0.01 * xp.mean(curv[curv > 0]) if bool(xp.any(curv > 0)) else 1.0
+        shells = self._pad_shells
+        n = int(to_host(shells).max()) + 1 if getattr(self, "_n_pad_shells", None) is None else self._n_pad_shells
+        self._n_pad_shells = n
+        flat = curv.ravel()
+        has = (flat > 0).astype(flat.dtype)
+        if xp is np:
+            total, count = np.bincount(shells, weights=flat, minlength=n), np.bincount(shells, weights=has, minlength=n)
+        else:
+            total, count = _bincount_xp(xp, shells, flat, n), _bincount_xp(xp, shells, has, n)
+        mean = total / xp.maximum(count, 1)
+        floor = xp.max(mean) * 1e-6 + 1e-30
+        return (fraction * xp.maximum(mean, floor))[shells].reshape(curv.shape)
 
     def _band_mask(self, k_px, pL):
         """Voxels of the padded grid inside the band (radius ``pad * k``), cached per band."""

@@ -96,6 +96,7 @@ def evaluate_batch(
     min_weight: float = 1e-3,
     class_similarity: float = 0.0,
     local_poses=None,
+    max_poses: int = 24,
 ) -> BatchResult:
     """Search poses for one mini-batch and return the posterior-weighted gradient.
 
@@ -112,6 +113,10 @@ def evaluate_batch(
         Coarse poses per image that are refined locally.
     fixed_poses : (rotations (B,3,3), shifts (B,2)), optional
         Skip the search and use these poses with weight 1 (the true-pose oracle).
+    max_poses : int
+        At most this many poses per image carry weight into the gradient: at low SNR
+        the posterior is broad, and its long tail costs backprojections without
+        changing the map.
     local_poses : (rotations (B,3,3), shifts (B,2), classes (B,)), optional
         Skip the global stage: search only the local grids around these poses (local
         refinement from known poses).
@@ -169,6 +174,7 @@ def evaluate_batch(
     score_img = score.reshape(b, -1)
     lse = pose_search.logsumexp_neg(score_img)
     p = pose_search.posterior(score_img, min_weight=min_weight)
+    p = _keep_top(p, max_poses)
     if n_classes > 1 and class_similarity > 0:
         p = _blend_classes(p, cls_idx, n_classes, class_similarity)
     best = xp.argmax(p, axis=1)
@@ -272,3 +278,13 @@ def _blend_classes(p, cls_idx, n_classes, similarity):
     even = xp.take_along_axis(target / xp.maximum(n_in_class, 1), cls_idx, axis=1)[:, :, None] / p_c.shape[2]
     out = xp.where(empty, even, p_c * cand_factor)
     return (out / out.sum(axis=(1, 2), keepdims=True)).reshape(b, -1).astype(p.dtype)
+
+
+def _keep_top(p, k):
+    """Zero all but the ``k`` largest weights of each row and renormalise."""
+    xp = array_module(p)
+    if p.shape[1] <= k:
+        return p
+    cut = -xp.partition(-p, k - 1, axis=1)[:, k - 1 : k]
+    kept = xp.where(p >= cut, p, 0)
+    return kept / xp.sum(kept, axis=1, keepdims=True)
