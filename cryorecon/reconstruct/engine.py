@@ -271,7 +271,8 @@ def _blend_classes(p, cls_idx, n_classes, similarity):
     target = (1 - similarity) * marginal + similarity / n_classes
     # a class whose candidates all fell below the weight cut-off shares its target
     # mass evenly over its candidates
-    factor = xp.where(marginal > 0, target / xp.maximum(marginal, 1e-300), 0.0)
+    safe = xp.where(marginal > 0, marginal, 1)
+    factor = xp.where(marginal > 0, target / safe, 0.0)
     cand_factor = xp.take_along_axis(factor, cls_idx, axis=1)[:, :, None]
     empty = xp.take_along_axis(marginal <= 0, cls_idx, axis=1)[:, :, None]
     n_in_class = xp.stack([xp.sum(cls_idx == k, axis=1) for k in range(n_classes)], axis=1)
