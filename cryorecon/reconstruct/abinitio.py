@@ -46,7 +46,7 @@ class AbinitioSettings:
     """Settings of an ab initio run; :func:`default_settings` derives them from the data."""
 
     n_classes: int = 1
-    class_similarity: float = 0.5  # annealed to 0 over the band's march (K > 1 only)
+    class_similarity: float = 1.0  # pull toward batch-balanced classes, annealed to 0 over the march (K > 1)
     seed: int = 0
     epochs: float = 4.0  # image visits of the SGD phase, in passes over the data
     max_iter: int = 1000  # a cap on SGD iterations (the budget is ``epochs``)

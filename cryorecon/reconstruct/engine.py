@@ -176,7 +176,7 @@ def evaluate_batch(
     p = pose_search.posterior(score_img, min_weight=min_weight)
     p = _keep_top(p, max_poses)
     if n_classes > 1 and class_similarity > 0:
-        p = _blend_classes(p, cls_idx, n_classes, class_similarity)
+        p = _blend_classes(p, score_img, cls_idx, n_classes, class_similarity)
     best = xp.argmax(p, axis=1)
 
     # best pose per image
@@ -261,16 +261,48 @@ def _coarse_candidates(f_pads, y, ctf, w, band, grids, k_coarse_px, n_candidates
     return xp.concatenate(rots, axis=1), xp.concatenate(shifts, axis=1), xp.concatenate(classes, axis=1)
 
 
-def _blend_classes(p, cls_idx, n_classes, similarity):
-    """Mix each image's class marginal with the uniform one, keeping in-class shapes."""
+def _balanced_class_weights(log_evidence, n_iter: int = 20):
+    """Class weights per image with every class given an equal share of the batch.
+
+    Sinkhorn balancing in the log domain (as in balanced clustering, e.g. SwAV): a
+    per-class offset ``u_k`` is found so that ``softmax_k(log_evidence + u)`` sums to
+    ``B / K`` for every class. Images still go to the class that fits them *relatively*
+    best, which breaks the symmetry between near-identical early maps, while no class
+    can take every image and starve the others.
+    """
+    xp = array_module(log_evidence)
+    b, k = log_evidence.shape
+    u = xp.zeros((1, k), dtype=log_evidence.dtype)
+    for _ in range(n_iter):
+        z = log_evidence + u
+        z = z - xp.max(z, axis=1, keepdims=True)
+        q = xp.exp(z)
+        q = q / xp.sum(q, axis=1, keepdims=True)
+        u = u - xp.log(xp.maximum(xp.sum(q, axis=0, keepdims=True), 1e-30) / (b / k))
+    return q
+
+
+def _blend_classes(p, score_img, cls_idx, n_classes, similarity):
+    """Pull each image's class marginal toward the batch-balanced assignment.
+
+    ``target = (1 - similarity) * marginal + similarity * balanced``; the poses within a
+    class keep their relative weights.
+    """
     xp = array_module(p)
     b, n_cand = cls_idx.shape
     p_c = p.reshape(b, n_cand, -1)
     per_cand = p_c.sum(axis=2)
     marginal = xp.stack([xp.sum(xp.where(cls_idx == k, per_cand, 0), axis=1) for k in range(n_classes)], axis=1)
-    target = (1 - similarity) * marginal + similarity / n_classes
-    # a class whose candidates all fell below the weight cut-off shares its target
-    # mass evenly over its candidates
+    # log evidence of each class: log-sum-exp of -score over that class's poses
+    sc = score_img.reshape(b, n_cand, -1)
+    cand_lse = pose_search.logsumexp_neg(sc)  # (b, n_cand)
+    big = xp.asarray(np.inf, dtype=cand_lse.dtype)
+    log_ev = xp.stack(
+        [pose_search.logsumexp_neg(xp.where(cls_idx == k, -cand_lse, big)) for k in range(n_classes)], axis=1
+    )
+    target = (1 - similarity) * marginal + similarity * _balanced_class_weights(log_ev)
+    # poses of each class share its target mass as they shared its marginal; a class
+    # whose poses all fell below the weight cut-off shares it evenly
     safe = xp.where(marginal > 0, marginal, 1)
     factor = xp.where(marginal > 0, target / safe, 0.0)
     cand_factor = xp.take_along_axis(factor, cls_idx, axis=1)[:, :, None]
