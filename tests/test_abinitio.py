@@ -121,8 +121,8 @@ def test_regression_close_to_true_pose_oracle():
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap: with K=2 the SGD phase collapses onto one class (every particle "
-    "assigned to the same map); heterogeneous refinement from the consensus is still to do",
+    reason="known gap: with K=2 the batch-balanced class weights keep both classes alive, "
+    "but the split they find does not follow the true heterogeneity (about 50% agreement)",
 )
 def test_two_classes_separate():
     """Two different maps mixed 50/50: particles land in the right class, maps match."""

@@ -309,7 +309,7 @@ class Abinitio:
             y, ctf = self.batch_data(idx, band)
             f_pads = [projector.volume_ft(m, pad=s.pad) for m in maps]
             groups = s.n_groups if s.adaptive_batch else 0
-            similarity = s.class_similarity * max(0.0, 1.0 - fraction / s.march_fraction)
+            similarity = s.class_similarity * min(1.0, max(0.0, (1.0 - fraction) / 0.3))
             out = evaluate_batch(
                 f_pads, y, ctf, noise, band, self.grids, k_coarse, s.n_candidates, s.pad, n_groups=groups, class_similarity=similarity
             )

@@ -261,7 +261,7 @@ def _coarse_candidates(f_pads, y, ctf, w, band, grids, k_coarse_px, n_candidates
     return xp.concatenate(rots, axis=1), xp.concatenate(shifts, axis=1), xp.concatenate(classes, axis=1)
 
 
-def _balanced_class_weights(log_evidence, n_iter: int = 20):
+def _balanced_class_weights(log_evidence, n_iter: int = 50, sharpness: float = 4.0):
     """Class weights per image with every class given an equal share of the batch.
 
     Sinkhorn balancing in the log domain (as in balanced clustering, e.g. SwAV): a
@@ -272,9 +272,14 @@ def _balanced_class_weights(log_evidence, n_iter: int = 20):
     """
     xp = array_module(log_evidence)
     b, k = log_evidence.shape
+    # Log evidences differ by hundreds of nats, which makes the softmax hard and
+    # Sinkhorn's offsets overshoot; on the batch's own spread the balancing converges
+    # and still ranks images by their relative fit.
+    rel = log_evidence - xp.mean(log_evidence, axis=1, keepdims=True)
+    rel = sharpness * rel / max(float(xp.std(rel)), 1e-6)
     u = xp.zeros((1, k), dtype=log_evidence.dtype)
     for _ in range(n_iter):
-        z = log_evidence + u
+        z = rel + u
         z = z - xp.max(z, axis=1, keepdims=True)
         q = xp.exp(z)
         q = q / xp.sum(q, axis=1, keepdims=True)
