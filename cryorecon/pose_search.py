@@ -88,9 +88,13 @@ def errors_shared(terms: BatchTerms, slices):
     xp = array_module(slices)
     b, t, m2 = terms.cross_lhs.shape
     p_cat, p_abs2 = slice_matrices(slices)
-    cross = (terms.cross_lhs.reshape(b * t, m2) @ p_cat.T).reshape(b, t, -1)
-    norm = terms.norm_lhs @ p_abs2.T
-    return terms.const[:, None, None] - 2 * cross + norm[:, None, :]
+    # assembled in place: at low bands the elementwise passes over the (B, T, R) block
+    # cost as much as the GEMM itself, so no temporaries of that size are made
+    err = (terms.cross_lhs.reshape(b * t, m2) @ p_cat.T).reshape(b, t, -1)
+    err *= -2
+    err += (terms.norm_lhs @ p_abs2.T)[:, None, :]
+    err += terms.const[:, None, None]
+    return err
 
 
 def errors_per_image(terms: BatchTerms, slices):
@@ -194,8 +198,9 @@ def global_search(terms: BatchTerms, slice_fn, n_rotations: int, k: int, log_pri
     lse = None
     for start in range(0, n_rotations, chunk):
         stop = min(start + chunk, n_rotations)
-        err = errors_shared(terms, slice_fn(start, stop))
-        score = err if log_prior is None else err - log_prior[None, :, None]
+        score = errors_shared(terms, slice_fn(start, stop))
+        if log_prior is not None:
+            score -= log_prior[None, :, None]
         chunk_lse = logsumexp_neg(score.reshape(b, -1))
         lse = chunk_lse if lse is None else xp.logaddexp(lse, chunk_lse)
         ti, ri, v = top_poses(score, k)
