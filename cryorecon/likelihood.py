@@ -77,7 +77,7 @@ class NoiseModel:
         L = images_ft.shape[-1]
         shells = xp.asarray(fourier.shell_index(L, 2)).ravel()
         power = xp.mean(xp.abs(images_ft.reshape(images_ft.shape[0], -1)) ** 2, axis=0)
-        total, count = _shell_sums(xp, shells, power, n_shells)
+        total, count = shell_sums(xp, shells, power, n_shells)
         return cls(_fill_empty(xp, total / xp.maximum(count, 1), count))
 
     def weights(self, band: Band):
@@ -91,7 +91,7 @@ class NoiseModel:
         """
         xp = array_module(residual_power)
         n_shells = self.sigma2.shape[0]
-        total, count = _shell_sums(xp, band.shell, residual_power, n_shells)
+        total, count = shell_sums(xp, band.shell, residual_power, n_shells)
         seen = count > 0
         fresh = total / xp.maximum(count, 1)
         self.sigma2 = xp.where(seen, (1 - rate) * self.sigma2 + rate * fresh, self.sigma2).astype(self.sigma2.dtype)
@@ -100,7 +100,8 @@ class NoiseModel:
         return {"sigma2": self.sigma2}
 
 
-def _shell_sums(xp, shells, values, n_shells):
+def shell_sums(xp, shells, values, n_shells):
+    """Sum of ``values`` and number of entries per shell index (indices >= n_shells dropped)."""
     keep = shells < n_shells
     total = xp.zeros(n_shells, dtype=xp.float64)
     count = xp.zeros(n_shells, dtype=xp.float64)

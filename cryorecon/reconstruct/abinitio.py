@@ -258,11 +258,8 @@ class Abinitio:
         """
         xp = array_module(f_pad)
         shells = self._pad_shells
-        power = (f_pad.real**2 + f_pad.imag**2).ravel()
-        total = xp.bincount(shells, weights=power, minlength=n_shells_pad) if xp is np else _bincount_xp(xp, shells, power, n_shells_pad)
-        if getattr(self, "_pad_shell_counts", None) is None:
-            self._pad_shell_counts = xp.asarray(np.maximum(np.bincount(to_host(shells), minlength=n_shells_pad), 1))
-        tau2 = total / self._pad_shell_counts
+        total, count = likelihood.shell_sums(xp, shells, (f_pad.real**2 + f_pad.imag**2).ravel(), n_shells_pad)
+        tau2 = total / xp.maximum(count, 1)
         tau2 = xp.maximum(tau2, 1e-3 * xp.max(tau2))
         lam = self.s.prior_strength / (2 * tau2)
         return lam[shells].reshape(f_pad.shape)
@@ -462,11 +459,8 @@ class Abinitio:
         n = int(to_host(shells).max()) + 1 if getattr(self, "_n_pad_shells", None) is None else self._n_pad_shells
         self._n_pad_shells = n
         flat = curv.ravel()
-        has = (flat > 0).astype(flat.dtype)
-        if xp is np:
-            total, count = np.bincount(shells, weights=flat, minlength=n), np.bincount(shells, weights=has, minlength=n)
-        else:
-            total, count = _bincount_xp(xp, shells, flat, n), _bincount_xp(xp, shells, has, n)
+        total, _ = likelihood.shell_sums(xp, shells, flat, n)
+        count, _ = likelihood.shell_sums(xp, shells, (flat > 0).astype(flat.dtype), n)
         mean = total / xp.maximum(count, 1)
         floor = xp.max(mean) * 1e-6 + 1e-30
         return (fraction * xp.maximum(mean, floor))[shells].reshape(curv.shape)
@@ -592,12 +586,6 @@ class Abinitio:
         like = opt.init({f"class{i}": self.xp.asarray(maps[i]) for i in range(k)})
         state["opt_state"] = optim.load_state(path.parent / meta["optim_file"], like=like)
         return state
-
-
-def _bincount_xp(xp, idx, weights, n):
-    out = xp.zeros(n, dtype=xp.float64)
-    xp.add.at(out, idx, weights.astype(xp.float64))
-    return out
 
 
 class _NoBar:
