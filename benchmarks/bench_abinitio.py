@@ -29,6 +29,7 @@ import numpy as np
 
 from cryorecon import validate
 from cryorecon.backend import set_device
+from cryorecon.fourier import fourier_crop, fourier_pad
 from cryorecon.geometry.rotations import angular_distance_deg, random_rotations
 from cryorecon.io.mrc import read_map
 from cryorecon.reconstruct.abinitio import Abinitio, default_settings
@@ -67,11 +68,16 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--map", default=str(MAP))
     parser.add_argument("--max-iter", type=int)
+    parser.add_argument("--box", type=int, help="resample the map to this box first (Fourier pad/crop; pixel size scaled)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     set_device(args.device)
     volume, pixel_size_A = read_map(args.map)
+    if args.box and args.box != volume.shape[-1]:
+        resize = fourier_pad if args.box > volume.shape[-1] else fourier_crop
+        pixel_size_A *= volume.shape[-1] / args.box
+        volume = resize(volume, args.box, ndim=3).astype(np.float32)
     L = volume.shape[-1]
     print(f"map {Path(args.map).name}: {L} px, {pixel_size_A} A/px; {args.n} particles; device {args.device}")
     rows = []

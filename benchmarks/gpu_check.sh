@@ -23,7 +23,7 @@
 # the others' time; the defaults add up to about 8 minutes.
 #
 #   T_PYTEST=180 T_BENCH=90 T_ABINITIO=210
-#   ABINITIO_ARGS="--n 50000 --snr 0.1 --map .gpu_data/ribosome70S_L64.mrc"  (bench_abinitio.py flags)
+#   ABINITIO_ARGS="--n 50000 --box 128 --snr 0.1 --map .gpu_data/ribosome70S_L64.mrc"  (bench_abinitio.py flags)
 
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +35,7 @@ PY=python3
 T_PYTEST="${T_PYTEST:-180}"
 T_BENCH="${T_BENCH:-90}"
 T_ABINITIO="${T_ABINITIO:-210}"
-ABINITIO_ARGS="${ABINITIO_ARGS:---n 50000 --snr 0.1 --map .gpu_data/ribosome70S_L64.mrc}"
+ABINITIO_ARGS="${ABINITIO_ARGS:---n 50000 --box 128 --snr 0.1 --map .gpu_data/ribosome70S_L64.mrc}"
 status=0
 
 step() {  # step NAME LIMIT_S COMMAND...
