@@ -85,7 +85,6 @@ def errors_shared(terms: BatchTerms, slices):
     -------
     (B, T, R) real
     """
-    xp = array_module(slices)
     b, t, m2 = terms.cross_lhs.shape
     p_cat, p_abs2 = slice_matrices(slices)
     # assembled in place: at low bands the elementwise passes over the (B, T, R) block

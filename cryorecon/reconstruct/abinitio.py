@@ -422,7 +422,6 @@ class Abinitio:
             cprob[idx] = to_host(out.class_probability)
         if update_map:
             band_mask = self._band_mask(band.k_max_px, pL)
-            n_shells_pad = int(to_host(self._pad_shells).max()) + 1
             n_pad = float(pL) ** 3
             new_maps = []
             for k in range(len(maps)):
