@@ -18,9 +18,10 @@ script anywhere.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+
+from _timing import best_time
 
 from cryorecon import gpu_kernels, pose_search
 from cryorecon.backend import set_device
@@ -28,24 +29,6 @@ from cryorecon.fourier import band_coords
 from cryorecon.geometry.rotations import random_rotations
 from cryorecon.gpu_memory import free_bytes, pose_chunk_size
 from cryorecon.projector import backproject, extract, full_coords, volume_ft
-
-
-def _sync(xp):
-    if xp is not np:
-        xp.cuda.Device().synchronize()
-
-
-def best_time(fn, xp, repeats):
-    """Fastest of ``repeats`` timed calls after one warm-up (plans, kernels, pool)."""
-    fn()
-    _sync(xp)
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(xp)
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def scoring_case(xp, rng, n_images, n_shifts, L, k_px, n_rot, precision, repeats):

@@ -17,23 +17,14 @@ than its GEMMs.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+
+from _timing import best_time
 
 from cryorecon import likelihood, pose_search, projector
 from cryorecon.geometry.so3_grid import so3_grid
 from cryorecon.geometry.shifts import shift_grid
-
-
-def best_time(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main(argv=None):
@@ -70,15 +61,15 @@ def main(argv=None):
             lhs @ p_cat.T
             terms.norm_lhs @ p_abs2.T
 
-        t_gemm = best_time(gemms, args.repeat)
-        t_err = best_time(lambda: pose_search.errors_shared(terms, slices), args.repeat)
+        t_gemm = best_time(gemms, repeats=args.repeat)
+        t_err = best_time(lambda: pose_search.errors_shared(terms, slices), repeats=args.repeat)
         n_rot = len(rotations)
         flops_all = flops * n_rot / r
         t_search = best_time(
             lambda: pose_search.global_search(
                 terms, lambda a, b: projector.extract_nearest(f_pad, rotations[a:b], band.coords), n_rot, 3, chunk=chunk
             ),
-            1,
+            repeats=1,
         )
         g_gemm, g_err, g_search = flops / t_gemm / 1e9, flops / t_err / 1e9, flops_all / t_search / 1e9
         print(f"{k_max:8d} {m:5d} {g_gemm:10.1f} {g_err:8.1f} {g_err / g_gemm:7.2f} {g_search:12.1f} {g_search / g_gemm:12.2f}")

@@ -11,30 +11,14 @@ across machines). Runs on the device chosen by ``--device`` (cupy on a GPU).
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+
+from _timing import best_time
 
 from cryorecon.backend import set_device
 from cryorecon.geometry.rotations import random_rotations
 from cryorecon.projector import backproject, extract, full_coords, volume_ft
-
-
-def _sync(xp):
-    if xp is not np:
-        xp.cuda.Device().synchronize()
-
-
-def _best_time(fn, xp, repeats):
-    fn()  # warm-up: plans, allocator, caches
-    _sync(xp)
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(xp)
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main(argv=None):
@@ -53,10 +37,10 @@ def main(argv=None):
         R = random_rotations(args.batch, rng)
         coords = xp.asarray(full_coords(L))
         images = xp.asarray(rng.standard_normal((args.batch, L, L)), dtype=xp.float32)
-        t_fft = _best_time(lambda: xp.fft.fft2(images), xp, args.repeats)
+        t_fft = best_time(lambda: xp.fft.fft2(images), xp, args.repeats)
         slices = extract(F, R, coords)
-        t_ext = _best_time(lambda: extract(F, R, coords), xp, args.repeats)
-        t_bp = _best_time(lambda: backproject(slices, R, coords, F.shape), xp, args.repeats)
+        t_ext = best_time(lambda: extract(F, R, coords), xp, args.repeats)
+        t_bp = best_time(lambda: backproject(slices, R, coords, F.shape), xp, args.repeats)
         for name, t in (("fft2", t_fft), ("extract", t_ext), ("backproject", t_bp)):
             print(f"{L:>4} {name:>12} {args.batch / t:>12.0f} {t / t_fft:>10.1f}")
 
