@@ -188,10 +188,7 @@ def evaluate_batch(
     best_rotation = rot_flat[ar, c_best, r_best]
     best_shift = sh[ar, c_best, t_best]
     best_class = cls_idx[ar, c_best]
-    class_prob = xp.zeros((b, n_classes), dtype=xp.float64)
-    p_cand = p.reshape(b, n_cand, -1).sum(axis=2)
-    for k in range(n_classes):
-        class_prob[:, k] = xp.sum(xp.where(cls_idx == k, p_cand, 0), axis=1)
+    class_prob = _class_marginal(p.reshape(b, n_cand, -1).sum(axis=2), cls_idx, n_classes).astype(xp.float64)
 
     # residual power at the best pose, for the noise model
     best_slice = slices.reshape(b, n_cand, n_loc, m)[ar, c_best, r_best]
@@ -261,6 +258,12 @@ def _coarse_candidates(f_pads, y, ctf, w, band, grids, k_coarse_px, n_candidates
     return xp.concatenate(rots, axis=1), xp.concatenate(shifts, axis=1), xp.concatenate(classes, axis=1)
 
 
+def _class_marginal(per_candidate, cls_idx, n_classes):
+    """(B, K) total weight of each class from per-candidate weights (B, C) and classes."""
+    xp = array_module(per_candidate)
+    return xp.stack([xp.sum(xp.where(cls_idx == k, per_candidate, 0), axis=1) for k in range(n_classes)], axis=1)
+
+
 def _balanced_class_weights(log_evidence, n_iter: int = 50, sharpness: float = 4.0):
     """Class weights per image with every class given an equal share of the batch.
 
@@ -297,7 +300,7 @@ def _blend_classes(p, score_img, cls_idx, n_classes, similarity):
     b, n_cand = cls_idx.shape
     p_c = p.reshape(b, n_cand, -1)
     per_cand = p_c.sum(axis=2)
-    marginal = xp.stack([xp.sum(xp.where(cls_idx == k, per_cand, 0), axis=1) for k in range(n_classes)], axis=1)
+    marginal = _class_marginal(per_cand, cls_idx, n_classes)
     # log evidence of each class: log-sum-exp of -score over that class's poses
     sc = score_img.reshape(b, n_cand, -1)
     cand_lse = pose_search.logsumexp_neg(sc)  # (b, n_cand)
