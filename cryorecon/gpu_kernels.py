@@ -35,46 +35,66 @@ _MAX_BLOCKS = 1 << 20
 
 _SOURCE = r"""
 // REAL is float or double (set at compile time); complex arrays are interleaved (re, im).
+
+// The same text also builds as plain C++ for the CPU check in the tests (nvcc defines
+// __CUDACC__, NVRTC __CUDACC_RTC__).
+#if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
+#define __device__
+#define __forceinline__ inline
+#endif
+
+// Trilinear neighbourhood of the point pL//2 + pad * A^T (kx, ky, 0) of the padded grid,
+// one copy for extraction and its adjoint so that both use bit-identical weights.
+// Axis a = 0, 1, 2 is z, y, x; i0[a] is the lower neighbour, w0[a] and w1[a] the weights
+// of the lower and upper one, 0 where that neighbour is off the grid.
+__device__ __forceinline__ void trilinear_setup(
+    const REAL* __restrict__ A, const REAL kx, const REAL ky, const int pL, const REAL pad,
+    int* __restrict__ i0, REAL* __restrict__ w0, REAL* __restrict__ w1)
+{
+    const REAL centre = (REAL)(pL / 2);
+    // (A^T k)_j = A[0, j] kx + A[1, j] ky; j = 0, 1, 2 are x, y, z.
+    const REAL g[3] = {(A[2] * kx + A[5] * ky) * pad + centre,
+                       (A[1] * kx + A[4] * ky) * pad + centre,
+                       (A[0] * kx + A[3] * ky) * pad + centre};
+    for (int a = 0; a < 3; ++a) {
+        const REAL f0 = floor(g[a]);
+        const REAL f = g[a] - f0;
+        i0[a] = (int)f0;
+        w0[a] = ((unsigned)i0[a] < (unsigned)pL) ? (REAL)1 - f : (REAL)0;
+        w1[a] = ((unsigned)(i0[a] + 1) < (unsigned)pL) ? f : (REAL)0;
+    }
+}
+
+// Weight of corner c = 4 cz + 2 cy + cx of that neighbourhood, and its flat voxel index
+// in *idx. The product runs z, then y, then x, the reference's order.
+__device__ __forceinline__ REAL trilinear_corner(
+    const int* __restrict__ i0, const REAL* __restrict__ w0, const REAL* __restrict__ w1,
+    const int c, const int pL, long long* __restrict__ idx)
+{
+    const int cz = c >> 2, cy = (c >> 1) & 1, cx = c & 1;
+    *idx = ((long long)(i0[0] + cz) * pL + (i0[1] + cy)) * pL + i0[2] + cx;
+    return (cz ? w1[0] : w0[0]) * (cy ? w1[1] : w0[1]) * (cx ? w1[2] : w0[2]);
+}
+
 extern "C" __global__ void extract_slices(
     const REAL* __restrict__ vol, const REAL* __restrict__ rot, const int* __restrict__ coords,
     REAL* __restrict__ out, const long long n_rot, const int n_coef, const int pL, const REAL pad)
 {
     const long long total = n_rot * (long long)n_coef;
-    const REAL centre = (REAL)(pL / 2);
     for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;
          t += (long long)gridDim.x * blockDim.x) {
         const long long r = t / n_coef;
         const int m = (int)(t - r * n_coef);
-        const REAL* A = rot + 9 * r;
-        const REAL kx = (REAL)coords[2 * m], ky = (REAL)coords[2 * m + 1];
-        // (A^T k)_j = A[0, j] kx + A[1, j] ky; j = 0, 1, 2 are x, y, z.
-        const REAL g[3] = {(A[2] * kx + A[5] * ky) * pad + centre,
-                           (A[1] * kx + A[4] * ky) * pad + centre,
-                           (A[0] * kx + A[3] * ky) * pad + centre};
         int i0[3];
         REAL w0[3], w1[3];
-        for (int a = 0; a < 3; ++a) {
-            const REAL f0 = floor(g[a]);
-            const REAL f = g[a] - f0;
-            i0[a] = (int)f0;
-            w0[a] = ((unsigned)i0[a] < (unsigned)pL) ? (REAL)1 - f : (REAL)0;
-            w1[a] = ((unsigned)(i0[a] + 1) < (unsigned)pL) ? f : (REAL)0;
-        }
+        trilinear_setup(rot + 9 * r, (REAL)coords[2 * m], (REAL)coords[2 * m + 1], pL, pad, i0, w0, w1);
         REAL re = 0, im = 0;
-        for (int cz = 0; cz < 2; ++cz) {
-            const REAL wz = cz ? w1[0] : w0[0];
-            const int iz = i0[0] + cz;
-            for (int cy = 0; cy < 2; ++cy) {
-                const REAL wzy = wz * (cy ? w1[1] : w0[1]);
-                const int iy = i0[1] + cy;
-                for (int cx = 0; cx < 2; ++cx) {
-                    const REAL w = wzy * (cx ? w1[2] : w0[2]);
-                    if (w != (REAL)0) {
-                        const long long idx = ((long long)iz * pL + iy) * pL + i0[2] + cx;
-                        re += vol[2 * idx] * w;
-                        im += vol[2 * idx + 1] * w;
-                    }
-                }
+        for (int c = 0; c < 8; ++c) {
+            long long idx;
+            const REAL w = trilinear_corner(i0, w0, w1, c, pL, &idx);
+            if (w != (REAL)0) {
+                re += vol[2 * idx] * w;
+                im += vol[2 * idx + 1] * w;
             }
         }
         out[2 * t] = re;
@@ -88,7 +108,6 @@ extern "C" __global__ void backproject_slices(
     REAL* __restrict__ out, const long long n_rot, const int n_coef, const int pL, const REAL pad)
 {
     const long long total = n_rot * (long long)n_coef;
-    const REAL centre = (REAL)(pL / 2);
     for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;
          t += (long long)gridDim.x * blockDim.x) {
         REAL v[N_PARTS];
@@ -101,34 +120,15 @@ extern "C" __global__ void backproject_slices(
         if (!any) continue;
         const long long r = t / n_coef;
         const int m = (int)(t - r * n_coef);
-        const REAL* A = rot + 9 * r;
-        const REAL kx = (REAL)coords[2 * m], ky = (REAL)coords[2 * m + 1];
-        const REAL g[3] = {(A[2] * kx + A[5] * ky) * pad + centre,
-                           (A[1] * kx + A[4] * ky) * pad + centre,
-                           (A[0] * kx + A[3] * ky) * pad + centre};
         int i0[3];
         REAL w0[3], w1[3];
-        for (int a = 0; a < 3; ++a) {
-            const REAL f0 = floor(g[a]);
-            const REAL f = g[a] - f0;
-            i0[a] = (int)f0;
-            w0[a] = ((unsigned)i0[a] < (unsigned)pL) ? (REAL)1 - f : (REAL)0;
-            w1[a] = ((unsigned)(i0[a] + 1) < (unsigned)pL) ? f : (REAL)0;
-        }
-        for (int cz = 0; cz < 2; ++cz) {
-            const REAL wz = cz ? w1[0] : w0[0];
-            const int iz = i0[0] + cz;
-            for (int cy = 0; cy < 2; ++cy) {
-                const REAL wzy = wz * (cy ? w1[1] : w0[1]);
-                const int iy = i0[1] + cy;
-                for (int cx = 0; cx < 2; ++cx) {
-                    const REAL w = wzy * (cx ? w1[2] : w0[2]);
-                    if (w != (REAL)0) {
-                        const long long idx = ((long long)iz * pL + iy) * pL + i0[2] + cx;
-                        for (int p = 0; p < N_PARTS; ++p)
-                            atomicAdd(out + N_PARTS * idx + p, v[p] * w);
-                    }
-                }
+        trilinear_setup(rot + 9 * r, (REAL)coords[2 * m], (REAL)coords[2 * m + 1], pL, pad, i0, w0, w1);
+        for (int c = 0; c < 8; ++c) {
+            long long idx;
+            const REAL w = trilinear_corner(i0, w0, w1, c, pL, &idx);
+            if (w != (REAL)0) {
+                for (int p = 0; p < N_PARTS; ++p)
+                    atomicAdd(out + N_PARTS * idx + p, v[p] * w);
             }
         }
     }
