@@ -101,16 +101,35 @@ class NoiseModel:
 
 
 def shell_sums(xp, shells, values, n_shells):
-    """Sum of ``values`` and number of entries per shell index (indices >= n_shells dropped)."""
-    keep = shells < n_shells
-    total = xp.zeros(n_shells, dtype=xp.float64)
-    count = xp.zeros(n_shells, dtype=xp.float64)
+    """Sum of ``values`` and number of entries per shell index.
+
+    Parameters
+    ----------
+    xp : module
+        numpy or cupy.
+    shells : (N,) int
+        Shell index of each entry; indices outside ``[0, n_shells)`` are dropped.
+    values : (N,) real
+    n_shells : int
+
+    Returns
+    -------
+    total, count : (n_shells,) float64
+    """
+    # Entries outside the range go to one overflow bin that is cut off at the end:
+    # a boolean mask, or a bincount sized by the largest index, would need the data's
+    # values on the host (a device sync on cupy).
+    bins = xp.where((shells >= 0) & (shells < n_shells), shells, n_shells)
     if xp is np:
-        total += np.bincount(shells[keep], weights=values[keep], minlength=n_shells)[:n_shells]
-        count += np.bincount(shells[keep], minlength=n_shells)[:n_shells]
+        total = np.bincount(bins, weights=values, minlength=n_shells + 1)[:n_shells].astype(np.float64)
+        count = np.bincount(bins, minlength=n_shells + 1)[:n_shells].astype(np.float64)
     else:
-        xp.add.at(total, shells[keep], values[keep].astype(xp.float64))
-        xp.add.at(count, shells[keep], 1.0)
+        total = xp.zeros(n_shells + 1, dtype=xp.float64)
+        count = xp.zeros(n_shells + 1, dtype=xp.float64)
+        xp.add.at(total, bins, values.astype(xp.float64))
+        # ones as an array: a Python scalar may be staged through the host by ufunc.at
+        xp.add.at(count, bins, xp.ones_like(values, dtype=xp.float64))
+        total, count = total[:n_shells], count[:n_shells]
     return total, count
 
 
@@ -118,8 +137,9 @@ def _fill_empty(xp, sigma2, count):
     """Shells without samples (corners) borrow the last populated shell's variance."""
     sigma2 = sigma2.astype(xp.float32)
     populated = count > 0
-    last = sigma2[populated][-1]
-    return xp.where(populated, sigma2, last).astype(xp.float32)
+    # the last populated shell's index stays on the device: no mask, no host value
+    last = xp.max(xp.where(populated, xp.arange(sigma2.shape[0]), -1))
+    return xp.where(populated, sigma2, xp.take(sigma2, last)).astype(xp.float32)
 
 
 def image_coefficients(images, band: Band):

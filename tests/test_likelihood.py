@@ -93,3 +93,135 @@ def test_noise_model_update_moves_toward_residuals():
     inside = np.unique(band.shell)
     np.testing.assert_allclose(noise.sigma2[inside], 2.0)
     assert noise.sigma2[8] == 1.0
+
+
+# ------------------------------------------- per-shell sums without host values
+class _HostValue(AssertionError):
+    """An operation that needs a value on the host (a device sync on cupy)."""
+
+
+class _DeviceLike(np.ndarray):
+    """A numpy array that refuses what cupy could only do through the host."""
+
+    def __getitem__(self, key):
+        for k in key if isinstance(key, tuple) else (key,):
+            if isinstance(k, np.ndarray) and k.dtype == bool:
+                raise _HostValue("boolean-mask indexing (data-dependent size)")
+        return super().__getitem__(key)
+
+    def __bool__(self):
+        raise _HostValue("bool() of an array")
+
+    def __float__(self):
+        raise _HostValue("float() of an array")
+
+    def __int__(self):
+        raise _HostValue("int() of an array")
+
+    def item(self, *args):
+        raise _HostValue(".item()")
+
+    def tolist(self):
+        raise _HostValue(".tolist()")
+
+
+class _NoHostXP:
+    """numpy standing in for cupy: not ``np`` itself, so the device branches run, and
+    its arrays are :class:`_DeviceLike`, so a host round-trip fails the test."""
+
+    _refused = ("nonzero", "flatnonzero", "argwhere", "unique", "bincount", "asnumpy")
+
+    def __getattr__(self, name):
+        if name in self._refused:
+            raise _HostValue(f"xp.{name} has a data-dependent size")
+        attr = getattr(np, name)
+        if callable(attr) and not isinstance(attr, (type, np.ufunc)):
+            def wrapped(*args, **kwargs):
+                out = attr(*args, **kwargs)
+                return out.view(_DeviceLike) if isinstance(out, np.ndarray) else out
+
+            return wrapped
+        return attr
+
+
+def _loop_shell_sums(shells, values, n_shells):
+    total, count = np.zeros(n_shells), np.zeros(n_shells)
+    for s, v in zip(shells.tolist(), values.tolist()):
+        if 0 <= s < n_shells:
+            total[s] += v
+            count[s] += 1
+    return total, count
+
+
+@pytest.mark.parametrize("xp", [np, _NoHostXP()], ids=["numpy", "device-branch"])
+def test_shell_sums_drop_out_of_range_shells_like_a_loop(xp):
+    rng = np.random.default_rng(7)
+    n_shells = 9
+    shells = rng.integers(-3, n_shells + 5, size=500)
+    values = rng.standard_normal(500).astype(np.float32)
+    ref_total, ref_count = _loop_shell_sums(shells, values.astype(np.float64), n_shells)
+    dev = (lambda a: a.view(_DeviceLike)) if xp is not np else (lambda a: a)
+    total, count = (np.asarray(a) for a in likelihood.shell_sums(xp, dev(shells), dev(values), n_shells))
+    assert total.shape == count.shape == (n_shells,)
+    assert total.dtype == count.dtype == np.float64
+    np.testing.assert_array_equal(count, ref_count)
+    np.testing.assert_allclose(total, ref_total, rtol=1e-12, atol=1e-12)
+    # every entry out of range: all zero, nothing raised
+    total, count = likelihood.shell_sums(xp, dev(np.full(4, n_shells + 2)), dev(np.ones(4)), n_shells)
+    assert not np.any(np.asarray(total)) and not np.any(np.asarray(count))
+
+
+def _reference_update(sigma2, shells, residual_power, rate):
+    """NoiseModel.update spelled out shell by shell."""
+    out = sigma2.astype(np.float64).copy()
+    for s in range(sigma2.shape[0]):
+        mine = residual_power[shells == s].astype(np.float64)
+        if mine.size:
+            out[s] = (1 - rate) * sigma2[s] + rate * mine.mean()
+    return out.astype(sigma2.dtype)
+
+
+@pytest.mark.parametrize("k_max", [7, 5.5, 9])
+def test_noise_model_update_equals_a_per_shell_reference(k_max):
+    rng = np.random.default_rng(8)
+    band = likelihood.Band.make(16, k_max)
+    sigma2 = rng.uniform(1, 3, 9).astype(np.float32)
+    power = rng.uniform(0, 5, band.size).astype(np.float32)
+    noise = likelihood.NoiseModel(sigma2.copy())
+    noise.update(band, power, rate=0.3)
+    assert noise.sigma2.dtype == np.float32
+    # k_max 9 puts band shells 9 (past the 9 tracked ones) in the band: they are dropped
+    np.testing.assert_allclose(noise.sigma2, _reference_update(sigma2, band.shell, power, 0.3), rtol=1e-6)
+
+
+def test_noise_model_needs_no_host_value_on_the_device_branch(monkeypatch):
+    rng = np.random.default_rng(9)
+    xp = _NoHostXP()
+    monkeypatch.setattr(likelihood, "array_module", lambda *a: xp)
+    band = likelihood.Band.make(16, 9, xp)
+    sigma2 = rng.uniform(1, 3, 9).astype(np.float32)
+    power = rng.uniform(0, 5, band.size).astype(np.float32)
+    noise = likelihood.NoiseModel(sigma2.view(_DeviceLike).copy())
+    noise.update(band, power.view(_DeviceLike), rate=0.3)
+    np.testing.assert_allclose(np.asarray(noise.sigma2), _reference_update(sigma2, np.asarray(band.shell), power, 0.3), rtol=1e-6)
+    images = rng.standard_normal((5, 16, 16)) + 1j * rng.standard_normal((5, 16, 16))
+    from_device = likelihood.NoiseModel.from_images(images.view(_DeviceLike), 12).sigma2
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.asarray(from_device), likelihood.NoiseModel.from_images(images, 12).sigma2)
+
+
+def test_noise_from_images_fills_empty_shells_with_the_last_populated_one():
+    L, n_shells = 12, 15  # the half-plane grid of 12 reaches shell round(6 sqrt 2) = 8
+    rng = np.random.default_rng(10)
+    images = rng.standard_normal((4, L, L)) + 1j * rng.standard_normal((4, L, L))
+    got = likelihood.NoiseModel.from_images(images, n_shells).sigma2
+    shells = fourier.shell_index(L, 2).ravel()
+    power = np.mean(np.abs(images.reshape(4, -1)) ** 2, axis=0)
+    ref = np.zeros(n_shells)
+    populated = [s for s in range(n_shells) if np.any(shells == s)]
+    for s in populated:
+        ref[s] = power[shells == s].mean()
+    ref[max(populated) + 1:] = ref[max(populated)]
+    assert max(populated) < n_shells - 1  # the fill is exercised
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
