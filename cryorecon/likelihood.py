@@ -127,8 +127,9 @@ def shell_sums(xp, shells, values, n_shells):
         total = xp.zeros(n_shells + 1, dtype=xp.float64)
         count = xp.zeros(n_shells + 1, dtype=xp.float64)
         xp.add.at(total, bins, values.astype(xp.float64))
-        # ones as an array: a Python scalar may be staged through the host by ufunc.at
-        xp.add.at(count, bins, xp.ones_like(values, dtype=xp.float64))
+        # a 0-d device one, broadcast: a Python scalar may be staged through the host by
+        # ufunc.at, and an array of ones as long as ``values`` costs memory for nothing
+        xp.add.at(count, bins, xp.ones((), dtype=xp.float64))
         total, count = total[:n_shells], count[:n_shells]
     return total, count
 
