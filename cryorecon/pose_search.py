@@ -19,6 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from . import gpu_memory
 from .backend import array_module
 
 
@@ -174,7 +177,7 @@ class SearchResult:
     log_evidence: object  # (B,) log sum over the whole searched set of exp(-E) p(t)
 
 
-def global_search(terms: BatchTerms, slice_fn, n_rotations: int, k: int, log_prior=None, chunk=None) -> SearchResult:
+def global_search(terms: BatchTerms, slice_fn, n_rotations: int, k: int, log_prior=None, chunk=None, oom_errors=None) -> SearchResult:
     """Score all rotations in chunks, keeping the ``k`` best poses per image.
 
     Parameters
@@ -182,28 +185,42 @@ def global_search(terms: BatchTerms, slice_fn, n_rotations: int, k: int, log_pri
     terms : BatchTerms
     slice_fn : callable
         ``slice_fn(start, stop) -> (stop - start, M) complex`` central slices of those
-        rotations; slices are made chunk by chunk so memory stays bounded.
+        rotations; slices are made chunk by chunk so memory stays bounded. It may be
+        called again for the same range after an out-of-memory error.
     n_rotations : int
     k : int
         Poses to keep per image.
     log_prior : (T,) real, optional
     chunk : int, optional
-        Rotations per chunk; by default sized by :func:`rotation_chunk`.
+        Rotations per chunk. By default, on numpy :func:`rotation_chunk`; on cupy the
+        largest that fits half the free device memory
+        (:func:`cryorecon.gpu_memory.pose_chunk_size`).
+    oom_errors : tuple of exception types, optional
+        What counts as out of memory (default
+        :func:`cryorecon.gpu_memory.oom_errors`). A chunk that raises one is halved
+        and scored again, and the later chunks keep the smaller size.
     """
     xp = array_module(terms.const)
     b, t, m2 = terms.cross_lhs.shape
-    chunk = chunk or rotation_chunk(b, t, m2 // 2)
-    best_t = best_r = best_v = None
-    lse = None
-    for start in range(0, n_rotations, chunk):
-        stop = min(start + chunk, n_rotations)
+    if not chunk:
+        if xp is np:
+            chunk = rotation_chunk(b, t, m2 // 2)
+        else:
+            itemsize = terms.cross_lhs.dtype.itemsize
+            chunk = gpu_memory.pose_chunk_size(gpu_memory.free_bytes(xp), b, t, m2 // 2, n_rotations=n_rotations, itemsize=itemsize)
+
+    def score_chunk(start, stop):
         score = errors_shared(terms, slice_fn(start, stop))
         if log_prior is not None:
             score -= log_prior[None, :, None]
         chunk_lse = logsumexp_neg(score.reshape(b, -1))
-        lse = chunk_lse if lse is None else xp.logaddexp(lse, chunk_lse)
         ti, ri, v = top_poses(score, k)
-        ri = ri + start
+        return chunk_lse, ti, ri + start, v
+
+    best_t = best_r = best_v = None
+    lse = None
+    for _start, _stop, (chunk_lse, ti, ri, v) in gpu_memory.map_chunks(score_chunk, n_rotations, chunk, errors=oom_errors):
+        lse = chunk_lse if lse is None else xp.logaddexp(lse, chunk_lse)
         if best_v is None:
             best_t, best_r, best_v = ti, ri, v
         else:
