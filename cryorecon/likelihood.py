@@ -58,6 +58,18 @@ class Band:
         """Number of coefficients with ``|k| < k_px`` (they come first)."""
         return int(np.searchsorted(self.radius, k_px, side="left"))
 
+    def truncated(self, k_px: float) -> "Band":
+        """The band ``|k| < k_px`` cut from this one: the same as ``Band.make(L, k_px)``.
+
+        Its device arrays are views of this band's prefix, so a schedule that marches
+        the band limit can take every band from the widest one without copying new
+        coordinates from the host each time the limit moves.
+        """
+        if k_px > self.k_max_px:
+            raise ValueError(f"k_px {k_px} is beyond this band's limit {self.k_max_px}")
+        n = self.prefix(k_px)
+        return Band(self.L, float(k_px), self.coords[:n], self.multiplicity[:n], self.shell[:n], self.radius[:n])
+
 
 class NoiseModel:
     """Per-shell noise variance ``sigma^2(|k|)`` of image Fourier coefficients.

@@ -225,3 +225,16 @@ def test_noise_from_images_fills_empty_shells_with_the_last_populated_one():
     assert max(populated) < n_shells - 1  # the fill is exercised
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("L", [16, 15, 32])
+def test_truncated_band_equals_a_band_made_at_that_limit(L):
+    widest = likelihood.Band.make(L, L / 2 - 1)
+    for k in np.round(np.arange(1.0, L / 2 - 1 + 1e-9, 0.1), 1):
+        cut, made = widest.truncated(float(k)), likelihood.Band.make(L, float(k))
+        assert cut.k_max_px == made.k_max_px and cut.size == made.size
+        for name in ("coords", "multiplicity", "shell", "radius"):
+            np.testing.assert_array_equal(getattr(cut, name), getattr(made, name))
+        assert cut.coords.base is not None  # a view of the widest band, not a copy
+    with pytest.raises(ValueError):
+        widest.truncated(L / 2)
