@@ -18,7 +18,7 @@ def _generator(rng):
     return np.random.default_rng(rng)
 
 
-def chiral_phantom_blobs(L, rng=0, *, sigma_px=None, handedness="right", extent=0.7):
+def chiral_phantom_blobs(L, rng=0, *, sigma_px=None, handedness="right", extent=0.7, arm=True):
     """Centres (x, y, z, in px from the centre), widths and heights of the phantom's blobs.
 
     Parameters
@@ -33,6 +33,10 @@ def chiral_phantom_blobs(L, rng=0, *, sigma_px=None, handedness="right", extent=
         Hand of the helix; "left" is the exact mirror image (z -> -z) of "right".
     extent : float
         Every blob, out to 2 sigma, lies within ``extent * L / 2`` of the centre.
+    arm : bool
+        Include the bent arm (5 of the 17 blobs). Without it the phantom is the same
+        complex missing a subunit: compositional heterogeneity for classification tests.
+        Both variants are placed and scaled identically.
 
     Returns
     -------
@@ -48,10 +52,10 @@ def chiral_phantom_blobs(L, rng=0, *, sigma_px=None, handedness="right", extent=
     t = np.linspace(0.0, 2.5 * np.pi, 11)  # 1.25 turns
     helix = np.stack([0.32 * np.cos(t), 0.32 * np.sin(t), np.linspace(-0.45, 0.45, t.size)], axis=1)
     top = helix[-1]
-    arm = np.array([top + [0.12 * i, 0.0, 0.04 * i] for i in range(1, 4)]
-                   + [top + [0.36, 0.12 * i, 0.12] for i in range(1, 3)])
+    arm_blobs = np.array([top + [0.12 * i, 0.0, 0.04 * i] for i in range(1, 4)]
+                         + [top + [0.36, 0.12 * i, 0.12] for i in range(1, 3)])
     heavy = np.array([[-0.2, -0.28, -0.35]])
-    centres = np.concatenate([helix, arm, heavy])
+    centres = np.concatenate([helix, arm_blobs, heavy])
     sigmas = np.full(len(centres), sigma)
     sigmas[-1] = 1.6 * sigma
     heights = np.ones(len(centres))
@@ -64,10 +68,13 @@ def chiral_phantom_blobs(L, rng=0, *, sigma_px=None, handedness="right", extent=
     centres = centres * max(float(scale.min()), 0.0)
     if handedness == "left":
         centres[:, 2] *= -1
+    if not arm:
+        keep = np.r_[0 : helix.shape[0], helix.shape[0] + arm_blobs.shape[0] :]
+        centres, sigmas, heights = centres[keep], sigmas[keep], heights[keep]
     return centres, sigmas, heights
 
 
-def chiral_phantom(L, rng=0, *, sigma_px=None, handedness="right", extent=0.7):
+def chiral_phantom(L, rng=0, *, sigma_px=None, handedness="right", extent=0.7, arm=True):
     """A chiral map of Gaussian blobs in an L^3 box, ``V[z, y, x]``, max 1, float32.
 
     See :func:`chiral_phantom_blobs` for the parameters. The density is positive and fits
@@ -81,7 +88,7 @@ def chiral_phantom(L, rng=0, *, sigma_px=None, handedness="right", extent=0.7):
     ((32, 32, 32), dtype('float32'), 1.0)
     """
     centres, sigmas, heights = chiral_phantom_blobs(
-        L, rng, sigma_px=sigma_px, handedness=handedness, extent=extent
+        L, rng, sigma_px=sigma_px, handedness=handedness, extent=extent, arm=arm
     )
     axis = np.arange(L, dtype=np.float64) - L // 2
     vol = np.zeros((L, L, L))

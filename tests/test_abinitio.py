@@ -119,16 +119,17 @@ def test_regression_close_to_true_pose_oracle():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: with K=2 the batch-balanced class weights keep both classes alive, "
-    "but the split they find does not follow the true heterogeneity (about 50% agreement)",
-)
 def test_two_classes_separate():
-    """Two different maps mixed 50/50: particles land in the right class, maps match."""
+    """A complex with and without a subunit, mixed 50/50: particles land in the right class.
+
+    Compositional heterogeneity, the commonest case: the arm (5 of the 17 blobs) is
+    missing from half of the particles; the two maps correlate at 0.85. Even the true
+    maps, with searched poses, classify only about 95% of these SNR-1 images correctly
+    at this box, so 90% asks for class maps close to the truth.
+    """
     L, px, n = 40, 4.0, 800
     rng = np.random.default_rng(21)
-    sources = [chiral_phantom(L, rng=1), chiral_phantom(L, rng=2)]
+    sources = [chiral_phantom(L, rng=1), chiral_phantom(L, rng=1, arm=False)]
     truth = rng.permutation(np.repeat([0, 1], n // 2))
     rotations = random_rotations(n, rng)
     shifts = draw_shifts_px(n, rng, 1.0, 3.0)

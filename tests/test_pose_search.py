@@ -54,20 +54,6 @@ def test_pose_accuracy_figures(aspire, capsys):
     assert np.percentile(err, 90) < 10.0
 
 
-def test_balanced_class_weights_share_the_batch_by_relative_fit():
-    from cryorecon.reconstruct.engine import _balanced_class_weights
-
-    rng = np.random.default_rng(0)
-    # class 0 fits every image far better; balancing must still split the batch,
-    # sending to class 1 the images that fit class 1 relatively best
-    log_ev = np.stack([rng.normal(0, 5, 200) + 50, rng.normal(0, 5, 200)], axis=1)
-    q = _balanced_class_weights(log_ev)
-    np.testing.assert_allclose(q.sum(axis=0), [100, 100], rtol=0.05)
-    np.testing.assert_allclose(q.sum(axis=1), 1.0, rtol=1e-6)
-    diff = log_ev[:, 1] - log_ev[:, 0]
-    assert np.all(np.diff(q[np.argsort(diff), 1]) >= -1e-9)
-
-
 # ------------------------------------ global search: chunk sizing and OOM retries
 class FakeOOM(Exception):
     """Stands for cupy.cuda.memory.OutOfMemoryError."""

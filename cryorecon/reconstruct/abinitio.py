@@ -12,6 +12,11 @@ The recipe follows cryoSPARC's (Punjani et al. 2017, Nature Methods 14:290):
 4. the step goes through :mod:`cryorecon.optim` (SGD, optionally with momentum);
 5. the band widens from ``start_res_A`` toward ``target_res_A`` (frequency marching).
 
+With ``K > 1`` classes the SGD phase builds one consensus map; after the first
+hand-over pass it is split along the leading directions of variability of the
+residuals (:mod:`cryorecon.reconstruct.heterogeneity`), and expectation-maximisation
+passes marginalise over classes and local poses in the consensus frame.
+
 On top of that, two things of our own:
 
 - the **adaptive batch size**: the gradient of several disjoint groups of the batch
@@ -46,7 +51,8 @@ class AbinitioSettings:
     """Settings of an ab initio run; :func:`default_settings` derives them from the data."""
 
     n_classes: int = 1
-    class_similarity: float = 1.0  # pull toward batch-balanced classes, annealed to 0 over the march (K > 1)
+    split_res_A: float = 25.0  # band of the consensus split into classes (K > 1)
+    class_passes: int = 6  # expectation-maximisation passes over classes and local poses (K > 1)
     seed: int = 0
     epochs: float = 4.0  # image visits of the SGD phase, in passes over the data
     max_iter: int = 1000  # a cap on SGD iterations (the budget is ``epochs``)
@@ -144,17 +150,17 @@ def resolution_schedule(fraction: float, s: AbinitioSettings) -> float:
     return 1.0 / inv
 
 
-def random_start(L: int, n_classes: int, rng: np.random.Generator, pixel_size_A: float, res_A: float, mask) -> np.ndarray:
+def random_start(L: int, n_maps: int, rng: np.random.Generator, pixel_size_A: float, res_A: float, mask) -> np.ndarray:
     """Seeded random maps: a few Gaussian blobs, low-passed to ``res_A``, inside the mask.
 
     Blobs (rather than white noise) give a positive, compact start whose projections
     already look particle-like, so the first pose search is not pure chance.
     """
-    maps = np.zeros((n_classes, L, L, L), dtype=np.float32)
+    maps = np.zeros((n_maps, L, L, L), dtype=np.float32)
     grid = np.indices((L, L, L)).astype(np.float32) - L // 2
     radius = 0.3 * L
     sigma = max(res_A / pixel_size_A / 2.5, 1.0)
-    for c in range(n_classes):
+    for c in range(n_maps):
         for _ in range(12):
             centre = rng.normal(0, radius / 2, size=3)
             d2 = sum((grid[i] - centre[i]) ** 2 for i in range(3))
@@ -306,14 +312,11 @@ class Abinitio:
             y, ctf = self.batch_data(idx, band)
             f_pads = [projector.volume_ft(m, pad=s.pad) for m in maps]
             groups = s.n_groups if s.adaptive_batch else 0
-            similarity = s.class_similarity * min(1.0, max(0.0, (1.0 - fraction) / 0.3))
-            out = evaluate_batch(
-                f_pads, y, ctf, noise, band, self.grids, k_coarse, s.n_candidates, s.pad, n_groups=groups, class_similarity=similarity
-            )
+            out = evaluate_batch(f_pads, y, ctf, noise, band, self.grids, k_coarse, s.n_candidates, s.pad, n_groups=groups)
             noise.update(band, out.residual_power, rate=s.noise_rate)
 
             scale = self.n / len(idx)
-            band_mask = self._band_mask(band.k_max_px, pL)
+            band_mask = self.band_mask(band.k_max_px, pL)
             updates_in = {}
             grad_sq = 0.0
             for k in range(len(maps)):
@@ -360,13 +363,18 @@ class Abinitio:
         # hand-over: full-data passes with the same engine
         final_band = self.band(min(band_limit_px(s.target_res_A, self.L, self.pixel_size_A), self.L / 2 - 1))
         k_coarse = band_limit_px(max(s.target_res_A, s.coarse_res_A), self.L, self.pixel_size_A)
-        poses = None
         log.info("hand-over: %d full-data pass(es) at %.1f A", max(s.handover_passes, 1), s.target_res_A)
-        for p in range(max(s.handover_passes, 1)):
-            # the first pass searches globally; later ones refine locally on finer grids
-            grids = self.grids if poses is None else self._fine_grids(p)
-            maps, poses = self.full_pass(maps, noise, final_band, k_coarse, update_map=s.handover_passes > 0, local_from=poses, grids=grids)
-            log.info("hand-over pass %d done", p + 1)
+        # the first pass searches globally; later ones refine locally on finer grids
+        maps, poses = self.full_pass(maps, noise, final_band, k_coarse, update_map=s.handover_passes > 0)
+        levels = list(range(1, s.handover_passes))
+        if s.n_classes > 1:
+            maps = self.split_consensus(maps[0], poses, noise)
+            poses = dict(poses, classes=None)  # every class is searched around the consensus pose
+            # EM over classes at the first fine level, then the finer levels as for K = 1
+            levels = [1] * max(s.class_passes - len(levels), 0) + levels
+        for p, level in enumerate(levels):
+            maps, poses = self.full_pass(maps, noise, final_band, k_coarse, local_from=poses, grids=self._fine_grids(level))
+            log.info("hand-over pass %d done", p + 2)
         return AbinitioResult(
             maps=np.stack([to_host(m) for m in maps]).astype(np.float32),
             pixel_size_A=self.pixel_size_A,
@@ -377,6 +385,20 @@ class Abinitio:
             history=history,
             settings=s,
         )
+
+    def split_consensus(self, consensus, poses, noise):
+        """K class maps from the consensus: k-means along its leading directions of variability."""
+        from .heterogeneity import split_classes, variability_subspace
+
+        s = self.s
+        res_A = max(s.split_res_A, 2 * s.target_res_A)
+        band = self.band(min(band_limit_px(res_A, self.L, self.pixel_size_A), self.L / 2 - 1))
+        f_pad = projector.volume_ft(consensus, pad=s.pad)
+        vectors, coords = variability_subspace(self, f_pad, poses, noise, band, s.n_classes - 1, seed=s.seed)
+        labels, centres = split_classes(coords, s.n_classes, seed=s.seed)
+        log.info("consensus split at %.1f A into classes of %s particles", res_A, np.bincount(labels, minlength=s.n_classes).tolist())
+        dirs = self.xp.asarray(vectors)
+        return [self._apply_priors(consensus + self.xp.tensordot(self.xp.asarray(c, dtype=self.xp.float32), dirs, axes=1)) for c in centres]
 
     def _fine_grids(self, level):
         """Local grids ``2**level`` times finer than the SGD phase's."""
@@ -409,7 +431,10 @@ class Abinitio:
             idx = np.arange(start, min(start + batch, self.n))
             y, ctf = self.batch_data(idx, band)
             fixed = None if fixed_poses is None else (fixed_poses[0][idx], fixed_poses[1][idx])
-            local = None if local_from is None else (local_from["rotations"][idx], local_from["shifts"][idx], local_from["classes"][idx])
+            local = None
+            if local_from is not None:
+                known = local_from["classes"]
+                local = (local_from["rotations"][idx], local_from["shifts"][idx], None if known is None else known[idx])
             out = evaluate_batch(
                 f_pads, y, ctf, noise, band, grids or self.grids, k_coarse, s.n_candidates, s.pad, fixed_poses=fixed, local_poses=local
             )
@@ -421,12 +446,12 @@ class Abinitio:
             classes[idx] = to_host(out.best_class)
             cprob[idx] = to_host(out.class_probability)
         if update_map:
-            band_mask = self._band_mask(band.k_max_px, pL)
+            band_mask = self.band_mask(band.k_max_px, pL)
             n_pad = float(pL) ** 3
             new_maps = []
             for k in range(len(maps)):
                 # the same regulariser as the oracle, so that the two differ only in poses
-                lam = self._flat_lambda(curv[k])
+                lam = self.flat_lambda(curv[k])
                 direction = band_mask * (grad[k] + lam * f_pads[k]) / (curv[k] + lam)
                 step = projector.volume_ft_adjoint(direction, self.L, pad=s.pad) / n_pad
                 new_maps.append(self._apply_priors(maps[k] - step))
@@ -446,7 +471,7 @@ class Abinitio:
             maps, _ = self.full_pass(maps, noise, band, 0.0, fixed_poses=fixed)
         return to_host(maps[0])
 
-    def _flat_lambda(self, curv, fraction: float = 0.01):
+    def flat_lambda(self, curv, fraction: float = 0.01):
         """Tikhonov term for full-data steps: 1% of each shell's mean curvature.
 
         Relative to each shell, so the regularisation does not depend on the noise
@@ -464,7 +489,7 @@ class Abinitio:
         floor = xp.max(mean) * 1e-6 + 1e-30
         return (fraction * xp.maximum(mean, floor))[shells].reshape(curv.shape)
 
-    def _band_mask(self, k_px, pL):
+    def band_mask(self, k_px, pL):
         """Voxels of the padded grid inside the band (radius ``pad * k``), cached per band."""
         if k_px not in self._band_masks:
             r = self._pad_shells.reshape((pL,) * 3)
@@ -503,7 +528,7 @@ class Abinitio:
     def _fresh_state(self):
         s = self.s
         rng = np.random.default_rng(s.seed)
-        start = random_start(self.L, s.n_classes, rng, self.pixel_size_A, s.start_res_A, self.mask)
+        start = random_start(self.L, 1, rng, self.pixel_size_A, s.start_res_A, self.mask)
         k0 = band_limit_px(s.start_res_A, self.L, self.pixel_size_A)
         start = np.stack([fourier.ifft3c(fourier.fft3c(m) * (fourier.shell_index(self.L, 3) < k0)).real for m in start]).astype(np.float32)
         sample = self.xp.asarray(self.images[rng.choice(self.n, size=min(self.n, 500), replace=False)])
@@ -512,7 +537,7 @@ class Abinitio:
             "iteration": 0,
             "rng_state": rng.bit_generator.state,
             "maps": list(start),
-            "curvature": [None] * s.n_classes,
+            "curvature": [None],
             "sigma2": sigma2,
             "opt_state": None,
             "history": History(),
@@ -565,7 +590,7 @@ class Abinitio:
             saved = meta["settings"]
             if saved != json.loads(json.dumps(asdict(self.s))):
                 raise InputError(f"{path}: checkpoint was made with other settings; remove it or rerun without --resume")
-            k = self.s.n_classes
+            k = 1  # the SGD phase builds one consensus map; classes come at the hand-over
             maps = [z[f"map{i}"] for i in range(k)]
             curv = [z[f"curv{i}"] for i in range(k)]
             history = History(rows=[list(r) for r in z["history"]])

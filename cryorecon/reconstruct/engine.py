@@ -94,7 +94,6 @@ def evaluate_batch(
     fixed_poses=None,
     n_groups: int = 0,
     min_weight: float = 1e-3,
-    class_similarity: float = 0.0,
     local_poses=None,
     max_poses: int = 24,
 ) -> BatchResult:
@@ -117,14 +116,10 @@ def evaluate_batch(
         At most this many poses per image carry weight into the gradient: at low SNR
         the posterior is broad, and its long tail costs backprojections without
         changing the map.
-    local_poses : (rotations (B,3,3), shifts (B,2), classes (B,)), optional
+    local_poses : (rotations (B,3,3), shifts (B,2), classes (B,) or None), optional
         Skip the global stage: search only the local grids around these poses (local
-        refinement from known poses).
-    class_similarity : float
-        In [0, 1): each image's class probabilities are pulled this far toward
-        uniform (the poses within a class keep their relative weights). cryoSPARC
-        anneals such a term from about 0.5 to 0 so that every class map learns from
-        every image at first and the classes separate gradually.
+        refinement from known poses). With classes None, every class is searched
+        around the same pose: the class maps share the consensus frame.
     n_groups : int
         With ``n_groups >= 2``, also return the gradient of each of that many disjoint
         image groups, from which the adaptive batch size measures gradient noise.
@@ -141,9 +136,13 @@ def evaluate_batch(
         cls_idx = xp.zeros((b, 1), dtype=xp.int64)
     else:
         if local_poses is not None:
-            rot = xp.asarray(local_poses[0], dtype=xp.float32)[:, None]  # (B, 1, 3, 3)
-            sh = xp.asarray(local_poses[1], dtype=xp.float32)[:, None]  # (B, 1, 2)
-            cls_idx = xp.asarray(local_poses[2], dtype=xp.int64)[:, None]
+            n_c = n_classes if local_poses[2] is None else 1
+            rot = xp.repeat(xp.asarray(local_poses[0], dtype=xp.float32)[:, None], n_c, axis=1)  # (B, C, 3, 3)
+            sh = xp.repeat(xp.asarray(local_poses[1], dtype=xp.float32)[:, None], n_c, axis=1)  # (B, C, 2)
+            if local_poses[2] is None:
+                cls_idx = xp.tile(xp.arange(n_classes, dtype=xp.int64), (b, 1))
+            else:
+                cls_idx = xp.asarray(local_poses[2], dtype=xp.int64)[:, None]
         else:
             rot, sh, cls_idx = _coarse_candidates(f_pads, y, ctf, w, band, grids, k_coarse_px, n_candidates, pad)
         # local neighbourhoods of every candidate
@@ -175,8 +174,6 @@ def evaluate_batch(
     lse = pose_search.logsumexp_neg(score_img)
     p = pose_search.posterior(score_img, min_weight=min_weight)
     p = _keep_top(p, max_poses)
-    if n_classes > 1 and class_similarity > 0:
-        p = _blend_classes(p, score_img, cls_idx, n_classes, class_similarity)
     best = xp.argmax(p, axis=1)
 
     # best pose per image
@@ -262,63 +259,6 @@ def _class_marginal(per_candidate, cls_idx, n_classes):
     """(B, K) total weight of each class from per-candidate weights (B, C) and classes."""
     xp = array_module(per_candidate)
     return xp.stack([xp.sum(xp.where(cls_idx == k, per_candidate, 0), axis=1) for k in range(n_classes)], axis=1)
-
-
-def _balanced_class_weights(log_evidence, n_iter: int = 50, sharpness: float = 4.0):
-    """Class weights per image with every class given an equal share of the batch.
-
-    Sinkhorn balancing in the log domain (as in balanced clustering, e.g. SwAV): a
-    per-class offset ``u_k`` is found so that ``softmax_k(log_evidence + u)`` sums to
-    ``B / K`` for every class. Images still go to the class that fits them *relatively*
-    best, which breaks the symmetry between near-identical early maps, while no class
-    can take every image and starve the others.
-    """
-    xp = array_module(log_evidence)
-    b, k = log_evidence.shape
-    # Log evidences differ by hundreds of nats, which makes the softmax hard and
-    # Sinkhorn's offsets overshoot; on the batch's own spread the balancing converges
-    # and still ranks images by their relative fit.
-    rel = log_evidence - xp.mean(log_evidence, axis=1, keepdims=True)
-    rel = sharpness * rel / max(float(xp.std(rel)), 1e-6)
-    u = xp.zeros((1, k), dtype=log_evidence.dtype)
-    for _ in range(n_iter):
-        z = rel + u
-        z = z - xp.max(z, axis=1, keepdims=True)
-        q = xp.exp(z)
-        q = q / xp.sum(q, axis=1, keepdims=True)
-        u = u - xp.log(xp.maximum(xp.sum(q, axis=0, keepdims=True), 1e-30) / (b / k))
-    return q
-
-
-def _blend_classes(p, score_img, cls_idx, n_classes, similarity):
-    """Pull each image's class marginal toward the batch-balanced assignment.
-
-    ``target = (1 - similarity) * marginal + similarity * balanced``; the poses within a
-    class keep their relative weights.
-    """
-    xp = array_module(p)
-    b, n_cand = cls_idx.shape
-    p_c = p.reshape(b, n_cand, -1)
-    per_cand = p_c.sum(axis=2)
-    marginal = _class_marginal(per_cand, cls_idx, n_classes)
-    # log evidence of each class: log-sum-exp of -score over that class's poses
-    sc = score_img.reshape(b, n_cand, -1)
-    cand_lse = pose_search.logsumexp_neg(sc)  # (b, n_cand)
-    big = xp.asarray(np.inf, dtype=cand_lse.dtype)
-    log_ev = xp.stack(
-        [pose_search.logsumexp_neg(xp.where(cls_idx == k, -cand_lse, big)) for k in range(n_classes)], axis=1
-    )
-    target = (1 - similarity) * marginal + similarity * _balanced_class_weights(log_ev)
-    # poses of each class share its target mass as they shared its marginal; a class
-    # whose poses all fell below the weight cut-off shares it evenly
-    safe = xp.where(marginal > 0, marginal, 1)
-    factor = xp.where(marginal > 0, target / safe, 0.0)
-    cand_factor = xp.take_along_axis(factor, cls_idx, axis=1)[:, :, None]
-    empty = xp.take_along_axis(marginal <= 0, cls_idx, axis=1)[:, :, None]
-    n_in_class = xp.stack([xp.sum(cls_idx == k, axis=1) for k in range(n_classes)], axis=1)
-    even = xp.take_along_axis(target / xp.maximum(n_in_class, 1), cls_idx, axis=1)[:, :, None] / p_c.shape[2]
-    out = xp.where(empty, even, p_c * cand_factor)
-    return (out / out.sum(axis=(1, 2), keepdims=True)).reshape(b, -1).astype(p.dtype)
 
 
 def _keep_top(p, k):
