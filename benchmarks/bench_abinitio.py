@@ -60,6 +60,22 @@ def peak_memory_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+def _parse_overrides(pairs):
+    """``["lr=0.2", ...]`` -> settings overrides, each typed like the setting's default."""
+    from dataclasses import fields
+
+    from cryorecon.reconstruct.abinitio import AbinitioSettings
+
+    types = {f.name: type(getattr(AbinitioSettings(), f.name)) for f in fields(AbinitioSettings)}
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in types:
+            raise SystemExit(f"--set {pair}: unknown setting {key!r}; one of {', '.join(sorted(types))}")
+        out[key] = value.lower() in ("1", "true", "yes") if types[key] is bool else types[key](value)
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=3000)
@@ -69,7 +85,9 @@ def main(argv=None):
     parser.add_argument("--map", default=str(MAP))
     parser.add_argument("--max-iter", type=int)
     parser.add_argument("--box", type=int, help="resample the map to this box first (Fourier pad/crop; pixel size scaled)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an ab initio setting (repeatable)")
     args = parser.parse_args(argv)
+    overrides = _parse_overrides(args.set)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     set_device(args.device)
@@ -83,7 +101,7 @@ def main(argv=None):
     rows = []
     for snr in args.snr:
         images, rotations, shifts, ctf = simulate(args.n, snr, args.seed + 1, volume, pixel_size_A)
-        settings = default_settings(args.n, L, pixel_size_A, seed=args.seed, max_iter=args.max_iter)
+        settings = default_settings(args.n, L, pixel_size_A, seed=args.seed, max_iter=args.max_iter, **overrides)
         run = Abinitio(images, pixel_size_A, ctf, settings, progress=sys.stderr.isatty())
         t0 = time.perf_counter()
         result = run.run()
