@@ -190,13 +190,8 @@ def test_optimizers_on_cupy_equal_numpy(make):
         np.testing.assert_allclose(cp.asnumpy(p_d[k]), p_h[k], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=HostRoundTrip,
-    reason="engine.evaluate_batch reads float(nll) and sizes xp.nonzero on the host; "
-    "NoiseModel.update uses boolean masks (see the issue-6 note). Remove this mark when fixed.",
-)
 def test_engine_batch_runs_without_host_roundtrips():
+    """The engine's own batch (one class, GPU row layout) and the noise update, captured whole."""
     import cupy as cp
 
     from cryorecon.reconstruct.engine import SearchGrids, evaluate_batch

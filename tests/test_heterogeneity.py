@@ -28,7 +28,6 @@ def mixture():
     scale = images.std()
     images /= scale
     run = Abinitio(images, px, None, default_settings(n, L, px, use_ctf=False, n_classes=2))
-    run._pad_shells = np.asarray(fourier.shell_index(projector.padded_size(L, 2), 3).ravel())
     # the images were divided by ``scale``, and so must the maps that explain them
     consensus = 0.5 * (sources[0] + sources[1]) / scale
     poses = {"rotations": rotations.astype(np.float32), "shifts": np.zeros((n, 2), np.float32)}

@@ -239,13 +239,22 @@ class Abinitio:
         self.mask = fourier.soft_sphere_mask(self.L, settings.mask_radius_fraction * self.L / 2, max(2.0, self.L / 32), ndim=3)
         self._device_mask = self.xp.asarray(self.mask)
         self._bands = {}
+        self._widest_band = None
         self._band_masks = {}
+        # shell of every voxel of the padded transform, for the per-shell priors; the
+        # count is taken on the host before the upload, never read back from the device
+        shells = fourier.shell_index(projector.padded_size(self.L, settings.pad), 3).ravel()
+        self.n_pad_shells = int(shells.max()) + 1
+        self._pad_shells = self.xp.asarray(shells)
 
     # ----------------------------------------------------------------- helpers
     def band(self, k_px: float) -> likelihood.Band:
         key = round(float(k_px), 1)
         if key not in self._bands:
-            self._bands[key] = likelihood.Band.make(self.L, key, self.xp)
+            # every band is a prefix of the widest: the marching band needs no new uploads
+            if self._widest_band is None:
+                self._widest_band = likelihood.Band.make(self.L, self.L / 2 - 1, self.xp)
+            self._bands[key] = self._widest_band.truncated(key)
         return self._bands[key]
 
     def batch_data(self, idx, band):
@@ -274,8 +283,7 @@ class Abinitio:
     def run(self, resume: bool = False) -> AbinitioResult:
         xp, s = self.xp, self.s
         pL = projector.padded_size(self.L, s.pad)
-        self._pad_shells = xp.asarray(fourier.shell_index(pL, 3).ravel())
-        n_shells_pad = int(to_host(self._pad_shells).max()) + 1
+        n_shells_pad = self.n_pad_shells
         n_pad = float(pL) ** 3
 
         state = self._load_checkpoint() if resume else None
@@ -318,14 +326,14 @@ class Abinitio:
             scale = self.n / len(idx)
             band_mask = self.band_mask(band.k_max_px, pL)
             updates_in = {}
-            grad_sq = 0.0
+            grad_sq = 0.0  # a device scalar, read once per iteration with the loss
             for k in range(len(maps)):
                 c_batch = out.curvature[k]
                 curv[k] = c_batch if curv[k] is None else s.curvature_decay * curv[k] + (1 - s.curvature_decay) * c_batch
                 lam = self._prior_lambda(f_pads[k], n_shells_pad)
                 g = scale * out.grad[k] + lam * f_pads[k]
                 direction = band_mask * g / (scale * curv[k] + lam)
-                grad_sq += float(xp.sum(xp.abs(band_mask * g) ** 2))
+                grad_sq = grad_sq + xp.sum(xp.abs(band_mask * g) ** 2)
                 updates_in[f"class{k}"] = projector.volume_ft_adjoint(direction, self.L, pad=s.pad) / n_pad
                 if out.group_grads is not None and k == 0:
                     noise_stats = self._gradient_noise(out.group_grads[0], len(idx), scale * curv[k] + lam, band_mask, noise_stats)
@@ -333,9 +341,11 @@ class Abinitio:
             new = optim.apply_updates({f"class{k}": maps[k] for k in range(len(maps))}, updates)
             maps = [self._apply_priors(new[f"class{k}"]) for k in range(len(maps))]
 
+            # the one deliberate read of device values per iteration: for the log
+            nll, grad_sq = (float(v) for v in to_host(xp.stack([xp.asarray(out.nll, dtype=xp.float64), xp.asarray(grad_sq, dtype=xp.float64)])))
             history.add(
                 iteration=it + 1,
-                loss=out.nll / len(idx),
+                loss=nll / len(idx),
                 grad_norm=float(np.sqrt(grad_sq)),
                 k_max_px=band.k_max_px,
                 resolution_A=res_A,
@@ -352,10 +362,10 @@ class Abinitio:
             if it % 10 == 0:
                 log.info(
                     "iteration %d: %d/%d images, band %.1f A, batch %d, loss %.5g, %.0f s",
-                    it, visits, budget, res_A, len(idx), out.nll / len(idx), history.rows[-1][-1],
+                    it, visits, budget, res_A, len(idx), nll / len(idx), history.rows[-1][-1],
                 )
             bar.update(len(idx))
-            bar.set_postfix(res=f"{res_A:.1f}A", B=len(idx), loss=f"{out.nll / len(idx):.4g}")
+            bar.set_postfix(res=f"{res_A:.1f}A", B=len(idx), loss=f"{nll / len(idx):.4g}")
             if self.checkpoint_path and it % s.checkpoint_every == 0 and it < s.max_iter and visits < budget:
                 self._save_checkpoint(it, rng, maps, curv, noise, opt_state, history, batch_size, perm, pos, noise_stats)
         bar.close()
@@ -369,7 +379,6 @@ class Abinitio:
         levels = list(range(1, s.handover_passes))
         if s.n_classes > 1:
             maps = self.split_consensus(maps[0], poses, noise)
-            poses = dict(poses, classes=None)  # every class is searched around the consensus pose
             # EM over classes at the first fine level, then the finer levels as for K = 1
             levels = [1] * max(s.class_passes - len(levels), 0) + levels
         for p, level in enumerate(levels):
@@ -431,10 +440,7 @@ class Abinitio:
             idx = np.arange(start, min(start + batch, self.n))
             y, ctf = self.batch_data(idx, band)
             fixed = None if fixed_poses is None else (fixed_poses[0][idx], fixed_poses[1][idx])
-            local = None
-            if local_from is not None:
-                known = local_from["classes"]
-                local = (local_from["rotations"][idx], local_from["shifts"][idx], None if known is None else known[idx])
+            local = None if local_from is None else (local_from["rotations"][idx], local_from["shifts"][idx])
             out = evaluate_batch(
                 f_pads, y, ctf, noise, band, grids or self.grids, k_coarse, s.n_candidates, s.pad, fixed_poses=fixed, local_poses=local
             )
@@ -461,7 +467,6 @@ class Abinitio:
     def oracle(self, rotations, shifts_px, passes: int = 3):
         """Reconstruct with the true poses through the same engine (Newton steps from zero)."""
         xp, s = self.xp, self.s
-        self._pad_shells = xp.asarray(fourier.shell_index(projector.padded_size(self.L, s.pad), 3).ravel())
         band = self.band(min(band_limit_px(s.target_res_A, self.L, self.pixel_size_A), self.L / 2 - 1))
         sample = self.images[: min(self.n, 500)]
         noise = likelihood.NoiseModel.from_images(xp.asarray(fourier.fft2c(sample)), self.L // 2 + 2)
@@ -479,9 +484,7 @@ class Abinitio:
         (noise from residuals) then differ only in their poses.
         """
         xp = array_module(curv)
-        shells = self._pad_shells
-        n = int(to_host(shells).max()) + 1 if getattr(self, "_n_pad_shells", None) is None else self._n_pad_shells
-        self._n_pad_shells = n
+        shells, n = self._pad_shells, self.n_pad_shells
         flat = curv.ravel()
         total, _ = likelihood.shell_sums(xp, shells, flat, n)
         count, _ = likelihood.shell_sums(xp, shells, (flat > 0).astype(flat.dtype), n)

@@ -64,7 +64,7 @@ class SearchGrids:
 class BatchResult:
     """What one mini-batch contributes: loss, gradient, curvature and best poses."""
 
-    nll: float  # sum over images of the marginal negative log-likelihood
+    nll: object  # 0-d array: sum over images of the marginal negative log-likelihood
     grad: list  # per class, (pL)^3 complex gradient w.r.t. the padded transform
     curvature: list  # per class, (pL)^3 real backprojected 2 w C^2
     group_grads: list | None  # per class, list of per-group gradients (adaptive batch)
@@ -96,6 +96,7 @@ def evaluate_batch(
     min_weight: float = 1e-3,
     local_poses=None,
     max_poses: int = 24,
+    compact_rows: bool | None = None,
 ) -> BatchResult:
     """Search poses for one mini-batch and return the posterior-weighted gradient.
 
@@ -116,10 +117,13 @@ def evaluate_batch(
         At most this many poses per image carry weight into the gradient: at low SNR
         the posterior is broad, and its long tail costs backprojections without
         changing the map.
-    local_poses : (rotations (B,3,3), shifts (B,2), classes (B,) or None), optional
+    local_poses : (rotations (B,3,3), shifts (B,2)), optional
         Skip the global stage: search only the local grids around these poses (local
-        refinement from known poses). With classes None, every class is searched
-        around the same pose: the class maps share the consensus frame.
+        refinement from known poses). Every class is searched around the same pose:
+        the class maps share the consensus frame.
+    compact_rows : bool, optional
+        Backproject only the rows of non-zero weight (the default on the CPU) or a
+        fixed number per image (the default on a GPU; see :func:`_live_rows`).
     n_groups : int
         With ``n_groups >= 2``, also return the gradient of each of that many disjoint
         image groups, from which the adaptive batch size measures gradient noise.
@@ -130,25 +134,29 @@ def evaluate_batch(
     n_classes = len(f_pads)
     w = noise.weights(band).astype(y.real.dtype)
 
+    # Candidates are laid out class by class, ``per_class`` consecutive slots for each
+    # class, so that every class's slices come from plain slicing, never from a
+    # data-dependent selection (which would need the host on a GPU).
     if fixed_poses is not None:
-        rot = xp.asarray(fixed_poses[0], dtype=xp.float32)[:, None]  # (B, 1, 3, 3)
+        if n_classes != 1:
+            raise ValueError("fixed poses (the true-pose oracle) take a single map")
+        rot = xp.asarray(fixed_poses[0], dtype=xp.float32)[:, None, None]  # (B, 1, 1, 3, 3)
         sh = xp.asarray(fixed_poses[1], dtype=xp.float32)[:, None, None, :]  # (B, 1, 1, 2)
-        cls_idx = xp.zeros((b, 1), dtype=xp.int64)
+        per_class = 1
     else:
         if local_poses is not None:
-            n_c = n_classes if local_poses[2] is None else 1
-            rot = xp.repeat(xp.asarray(local_poses[0], dtype=xp.float32)[:, None], n_c, axis=1)  # (B, C, 3, 3)
-            sh = xp.repeat(xp.asarray(local_poses[1], dtype=xp.float32)[:, None], n_c, axis=1)  # (B, C, 2)
-            if local_poses[2] is None:
-                cls_idx = xp.tile(xp.arange(n_classes, dtype=xp.int64), (b, 1))
-            else:
-                cls_idx = xp.asarray(local_poses[2], dtype=xp.int64)[:, None]
+            # every class around the same pose: the class maps share the consensus frame
+            rot = xp.repeat(xp.asarray(local_poses[0], dtype=xp.float32)[:, None], n_classes, axis=1)  # (B, K, 3, 3)
+            sh = xp.repeat(xp.asarray(local_poses[1], dtype=xp.float32)[:, None], n_classes, axis=1)  # (B, K, 2)
+            per_class = 1
         else:
-            rot, sh, cls_idx = _coarse_candidates(f_pads, y, ctf, w, band, grids, k_coarse_px, n_candidates, pad)
+            rot, sh = _coarse_candidates(f_pads, y, ctf, w, band, grids, k_coarse_px, n_candidates, pad)
+            per_class = rot.shape[1] // n_classes
         # local neighbourhoods of every candidate
         rot = xp.matmul(rot[:, :, None], grids.local_rotations[None, None])  # (B, C, n, 3, 3)
         sh = sh[:, :, None, :] + grids.local_shifts[None, None]  # (B, C, t, 2)
     n_cand = rot.shape[1]
+    cls_idx = xp.repeat(xp.arange(n_classes, dtype=xp.int64), per_class)[None, :]  # (1, C)
     rot_flat = rot.reshape(b, n_cand, -1, 3, 3)
     n_loc = rot_flat.shape[2]
     sh = sh.reshape(b, n_cand, -1, 2)
@@ -160,14 +168,12 @@ def evaluate_batch(
     ctf_rep = xp.repeat(ctf, n_cand, axis=0)
     phases = _batched_phases(band.coords, L, sh.reshape(s, n_shift, 2), y.dtype)
     terms = pose_search.batch_terms(y_rep, ctf_rep, w, phases)
-    slices = xp.empty((s, n_loc, m), dtype=y.dtype)
-    cls_rep = cls_idx.reshape(s)
-    rot_sub = rot_flat.reshape(s, n_loc, 3, 3)
+    slices = xp.empty((b, n_cand, n_loc, m), dtype=y.dtype)
     for k in range(n_classes):
-        sel = xp.nonzero(cls_rep == k)[0]
-        if sel.size:
-            ext = projector.extract_nearest(f_pads[k], rot_sub[sel].reshape(-1, 3, 3), band.coords, pad=pad)
-            slices[sel] = ext.reshape(-1, n_loc, m)
+        block = slice(k * per_class, (k + 1) * per_class)
+        ext = projector.extract_nearest(f_pads[k], rot_flat[:, block].reshape(-1, 3, 3), band.coords, pad=pad)
+        slices[:, block] = ext.reshape(b, per_class, n_loc, m)
+    slices = slices.reshape(s, n_loc, m)
     err = pose_search.errors_per_image(terms, slices)  # (S, t, n)
     score = err - grids.log_prior_shift(sh.reshape(s, n_shift, 2))[:, :, None]
     score_img = score.reshape(b, -1)
@@ -184,8 +190,8 @@ def evaluate_batch(
     ar = xp.arange(b)
     best_rotation = rot_flat[ar, c_best, r_best]
     best_shift = sh[ar, c_best, t_best]
-    best_class = cls_idx[ar, c_best]
-    class_prob = _class_marginal(p.reshape(b, n_cand, -1).sum(axis=2), cls_idx, n_classes).astype(xp.float64)
+    best_class = c_best // per_class
+    class_prob = p.reshape(b, n_classes, -1).sum(axis=2).astype(xp.float64)
 
     # residual power at the best pose, for the noise model
     best_slice = slices.reshape(b, n_cand, n_loc, m)[ar, c_best, r_best]
@@ -193,38 +199,75 @@ def evaluate_batch(
     resid = y - ctf * best_phase * best_slice
     residual_power = xp.mean(resid.real**2 + resid.imag**2, axis=0)
 
-    # gradient and curvature, backprojected from the (image, rotation) rows of
-    # non-negligible weight only
+    # gradient and curvature, backprojected from the (image, rotation) rows that carry
+    # weight; rows stay grouped by image (``rows_per_image`` each when fixed)
     p_sub = p.reshape(s, n_shift, n_loc)
-    live_s, live_r = xp.nonzero(xp.sum(p_sub, axis=1) > 0)
-    rot_rows = rot_sub[live_s, live_r]
-    row_class = cls_rep[live_s]
+    live_s, live_r, rows_per_image = _live_rows(p, b, n_cand, n_shift, n_loc, max_poses, compact_rows)
+    rot_rows = rot_flat.reshape(s, n_loc, 3, 3)[live_s, live_r]
+    row_class = cls_idx[0, live_s % n_cand]
     # the search scored nearest-neighbour slices; the gradient needs the exact
     # trilinear slices of the few live rows, so that it is the adjoint's true gradient
-    exact = xp.empty((live_s.shape[0], m), dtype=y.dtype)
-    for k in range(n_classes):
-        sel = xp.nonzero(row_class == k)[0]
-        if sel.size:
-            exact[sel] = projector.extract(f_pads[k], rot_rows[sel], band.coords, pad=pad)
-    grad_rows, curv_rows = likelihood.slice_gradient(
-        y_rep[live_s], ctf_rep[live_s], w, phases[live_s], exact, p_sub[live_s, :, live_r]
-    )
-    row_group = (live_s // n_cand) % max(n_groups, 1)
+    groups_n = max(n_groups, 1)
     grads, curvs, groups = [], [], []
     shape = f_pads[0].shape
     for k in range(n_classes):
-        mine = row_class == k
+        # one class needs no selection; several select their rows (a host sync on a GPU)
+        sel = slice(None) if n_classes == 1 else xp.nonzero(row_class == k)[0]
+        rows_s, rows_r, rows_rot = live_s[sel], live_r[sel], rot_rows[sel]
+        exact = projector.extract(f_pads[k], rows_rot, band.coords, pad=pad)
+        grad_rows, curv_rows = likelihood.slice_gradient(
+            y_rep[rows_s], ctf_rep[rows_s], w, phases[rows_s], exact, p_sub[rows_s, :, rows_r]
+        )
         parts = []
-        for g in range(max(n_groups, 1)):
-            sel = xp.nonzero(mine & (row_group == g))[0]
-            parts.append(projector.backproject(grad_rows[sel], rot_rows[sel], band.coords, shape, pad=pad))
+        for g in range(groups_n):
+            if groups_n == 1:
+                pick = slice(None)
+            elif rows_per_image is not None and n_classes == 1:
+                pick = _every_gth_image(grad_rows.shape[0], rows_per_image, groups_n, g, xp)
+            else:
+                pick = xp.nonzero((rows_s // n_cand) % groups_n == g)[0]
+            parts.append(projector.backproject(grad_rows[pick], rows_rot[pick], band.coords, shape, pad=pad))
         grads.append(sum(parts[1:], parts[0]))
         groups.append(parts)
-        sel = xp.nonzero(mine)[0]
-        curvs.append(projector.backproject_weights(curv_rows[sel], rot_rows[sel], band.coords, shape, pad=pad))
+        curvs.append(projector.backproject_weights(curv_rows, rows_rot, band.coords, shape, pad=pad))
 
-    nll = float(-xp.sum(lse)) + b * float(np.log(grids.rotations.shape[0] * max(n_classes, 1)))
+    # a device scalar: the caller reads it when it logs, not here
+    nll = -xp.sum(lse) + b * float(np.log(grids.rotations.shape[0] * max(n_classes, 1)))
     return BatchResult(nll, grads, curvs, groups if n_groups >= 2 else None, best_rotation, best_shift, best_class, class_prob, residual_power)
+
+
+def _every_gth_image(n_rows, rows_per_image, n_groups, g, xp):
+    """Row indices of images ``g, g + G, ...`` when rows come ``rows_per_image`` per image."""
+    images = xp.arange(g, n_rows // rows_per_image, n_groups)
+    return (images[:, None] * rows_per_image + xp.arange(rows_per_image)[None, :]).ravel()
+
+
+def _live_rows(p, b, n_cand, n_shift, n_loc, max_poses, compact_rows):
+    """(image x candidate, rotation) rows that carry posterior weight, grouped by image.
+
+    Compacted (only rows of non-zero weight) on the CPU, where the selection is free; on
+    a GPU a fixed ``min(max_poses, C n)`` rows per image, the heaviest, so that no
+    array's size depends on device values. Rows of zero weight add exactly zero.
+
+    Returns
+    -------
+    live_s, live_r : (Q,) int
+        Sub-problem (image x candidate) and local rotation of each row.
+    rows_per_image : int or None
+        The fixed number of rows per image, or None when compacted.
+    """
+    xp = array_module(p)
+    pair = p.reshape(b, n_cand, n_shift, n_loc).sum(axis=2).reshape(b, n_cand * n_loc)
+    if compact_rows if compact_rows is not None else xp is np:
+        img, pos = xp.nonzero(pair > 0)
+        return img * n_cand + pos // n_loc, pos % n_loc, None
+    n_rows = min(max_poses, n_cand * n_loc)
+    if n_rows < n_cand * n_loc:
+        top = xp.argpartition(-pair, n_rows - 1, axis=1)[:, :n_rows]
+    else:
+        top = xp.broadcast_to(xp.arange(n_rows), (b, n_rows))
+    live_s = (xp.arange(b)[:, None] * n_cand + top // n_loc).ravel()
+    return live_s, (top % n_loc).ravel(), n_rows
 
 
 def _coarse_candidates(f_pads, y, ctf, w, band, grids, k_coarse_px, n_candidates, pad):
@@ -240,7 +283,7 @@ def _coarse_candidates(f_pads, y, ctf, w, band, grids, k_coarse_px, n_candidates
     terms = pose_search.batch_terms(y[:, :mc], ctf[:, :mc], w[:mc], phases)
     n_rot = grids.rotations.shape[0]
     log_prior = grids.log_prior_shift(grids.shifts)
-    rots, shifts, classes = [], [], []
+    rots, shifts = [], []
     for k, f_pad in enumerate(f_pads):
         result = pose_search.global_search(
             terms,
@@ -251,14 +294,7 @@ def _coarse_candidates(f_pads, y, ctf, w, band, grids, k_coarse_px, n_candidates
         )
         rots.append(grids.rotations[result.r_idx])  # (B, C, 3, 3)
         shifts.append(grids.shifts[result.t_idx])  # (B, C, 2)
-        classes.append(xp.full(result.r_idx.shape, k, dtype=xp.int64))
-    return xp.concatenate(rots, axis=1), xp.concatenate(shifts, axis=1), xp.concatenate(classes, axis=1)
-
-
-def _class_marginal(per_candidate, cls_idx, n_classes):
-    """(B, K) total weight of each class from per-candidate weights (B, C) and classes."""
-    xp = array_module(per_candidate)
-    return xp.stack([xp.sum(xp.where(cls_idx == k, per_candidate, 0), axis=1) for k in range(n_classes)], axis=1)
+    return xp.concatenate(rots, axis=1), xp.concatenate(shifts, axis=1)
 
 
 def _keep_top(p, k):
