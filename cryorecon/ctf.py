@@ -34,6 +34,9 @@ def electron_wavelength_A(voltage_kV):
 
 
 def _per_particle(a, xp, dtype):
+    # a Python number becomes a device array by a fill kernel, not by a host copy
+    if np.isscalar(a):
+        return xp.full(1, a, dtype=dtype)
     return xp.atleast_1d(xp.asarray(a, dtype=dtype)).ravel()
 
 
@@ -83,7 +86,9 @@ def ctf_values(kx_invA, ky_invA, defocus_u_A, defocus_v_A, defocus_angle_deg, vo
            - col(0.5 * np.pi * (cs * 1e7) * lam ** 3) * (k2 * k2)
            + col(xp.deg2rad(ps)))
     ctf = col(xp.sqrt(1.0 - q * q)) * xp.sin(chi) + col(q) * xp.cos(chi)
-    if bool(xp.any(bf != 0)):
+    # skip the envelope only when B is known on the host to be zero: testing device
+    # values would need the host; exp(-0) is exactly 1, so applying it is harmless
+    if not (np.isscalar(bfactor_A2) and bfactor_A2 == 0):
         ctf = ctf * xp.exp(col(-bf / 4.0) * k2)
     return ctf
 
