@@ -239,6 +239,7 @@ class Abinitio:
         self.mask = fourier.soft_sphere_mask(self.L, settings.mask_radius_fraction * self.L / 2, max(2.0, self.L / 32), ndim=3)
         self._device_mask = self.xp.asarray(self.mask)
         self._bands = {}
+        self._staged = None
         self._widest_band = None
         self._band_masks = {}
         # shell of every voxel of the padded transform, for the per-shell priors; the
@@ -257,11 +258,39 @@ class Abinitio:
             self._bands[key] = self._widest_band.truncated(key)
         return self._bands[key]
 
-    def batch_data(self, idx, band):
+    def _stage_particles(self):
+        """Put the stack and its CTF parameters on the device once, when they fit.
+
+        A stack that takes at most a quarter of the free device memory (50,000 images of
+        128 px are 3.3 GB) stays resident, so an iteration copies nothing from the host;
+        a larger one is copied batch by batch. On the CPU this is the stack itself.
+        """
         xp = self.xp
-        imgs = xp.asarray(self.images[idx])
+        if self._staged is not None:
+            return self._staged
+        images = self.images
+        if xp is not np:
+            from .. import gpu_memory
+
+            if self.images.nbytes <= 0.25 * gpu_memory.free_bytes(xp):
+                images = xp.asarray(self.images)
+        params = None if self.ctf_params is None else {k: xp.asarray(np.asarray(v), dtype=xp.float64) for k, v in self.ctf_params.items()}
+        self._staged = (images, params)
+        return self._staged
+
+    def batch_data(self, idx, band, idx_device=None):
+        """Image coefficients and CTF of particles ``idx`` on ``band``, on the device.
+
+        ``idx_device`` is the same indices already on the device (taken from a
+        permutation uploaded once per epoch), so that no index array is copied per batch.
+        """
+        xp = self.xp
+        images, params = self._stage_particles()
+        if idx_device is None:
+            idx_device = xp.asarray(idx)
+        imgs = images[idx_device] if array_module(images) is xp else xp.asarray(images[idx])
         y = likelihood.image_coefficients(imgs, band)
-        params = None if self.ctf_params is None else {k: v[idx] for k, v in self.ctf_params.items()}
+        params = None if params is None else {k: v[idx_device] for k, v in params.items()}
         ctf = likelihood.ctf_on_band(band, self.pixel_size_A, params, len(idx), xp)
         return y, ctf
 
@@ -299,6 +328,7 @@ class Abinitio:
         history = state["history"]
         batch_size = state["batch_size"]
         perm, pos = state["perm"], state["pos"]
+        perm_device = xp.asarray(perm)
         noise_stats = state["noise_stats"]
 
         budget = int(np.ceil(s.epochs * self.n))
@@ -315,9 +345,11 @@ class Abinitio:
             # mini-batch without replacement, epoch by epoch
             if pos + batch_size > self.n:
                 perm, pos = rng.permutation(self.n), 0
+                perm_device = xp.asarray(perm)  # one upload per epoch
             idx = np.sort(perm[pos : pos + batch_size])
+            idx_device = xp.sort(perm_device[pos : pos + batch_size])
             pos += batch_size
-            y, ctf = self.batch_data(idx, band)
+            y, ctf = self.batch_data(idx, band, idx_device)
             f_pads = [projector.volume_ft(m, pad=s.pad) for m in maps]
             groups = s.n_groups if s.adaptive_batch else 0
             out = evaluate_batch(f_pads, y, ctf, noise, band, self.grids, k_coarse, s.n_candidates, s.pad, n_groups=groups)
@@ -432,13 +464,10 @@ class Abinitio:
         f_pads = [projector.volume_ft(m, pad=s.pad) for m in maps]
         grad = [xp.zeros_like(f) for f in f_pads]
         curv = [xp.zeros(f.shape, dtype=f.real.dtype) for f in f_pads]
-        rot = np.zeros((self.n, 3, 3), np.float32)
-        shifts = np.zeros((self.n, 2), np.float32)
-        classes = np.zeros(self.n, np.int64)
-        cprob = np.zeros((self.n, len(maps)), np.float64)
+        found = {"rotations": [], "shifts": [], "classes": [], "class_probability": []}
         for start in range(0, self.n, batch):
             idx = np.arange(start, min(start + batch, self.n))
-            y, ctf = self.batch_data(idx, band)
+            y, ctf = self.batch_data(idx, band, xp.arange(start, start + len(idx)))
             fixed = None if fixed_poses is None else (fixed_poses[0][idx], fixed_poses[1][idx])
             local = None if local_from is None else (local_from["rotations"][idx], local_from["shifts"][idx])
             out = evaluate_batch(
@@ -447,10 +476,8 @@ class Abinitio:
             for k in range(len(maps)):
                 grad[k] += out.grad[k]
                 curv[k] += out.curvature[k]
-            rot[idx] = to_host(out.best_rotation)
-            shifts[idx] = to_host(out.best_shift)
-            classes[idx] = to_host(out.best_class)
-            cprob[idx] = to_host(out.class_probability)
+            for key, value in zip(found, (out.best_rotation, out.best_shift, out.best_class, out.class_probability)):
+                found[key].append(value)
         if update_map:
             band_mask = self.band_mask(band.k_max_px, pL)
             n_pad = float(pL) ** 3
@@ -462,7 +489,9 @@ class Abinitio:
                 step = projector.volume_ft_adjoint(direction, self.L, pad=s.pad) / n_pad
                 new_maps.append(self._apply_priors(maps[k] - step))
             maps = new_maps
-        return maps, {"rotations": rot, "shifts": shifts, "classes": classes, "class_probability": cprob}
+        # the poses come to the host once per pass
+        dtypes = {"rotations": np.float32, "shifts": np.float32, "classes": np.int64, "class_probability": np.float64}
+        return maps, {key: to_host(xp.concatenate(found[key])).astype(dtypes[key]) for key in found}
 
     def oracle(self, rotations, shifts_px, passes: int = 3):
         """Reconstruct with the true poses through the same engine (Newton steps from zero)."""
@@ -512,9 +541,10 @@ class Abinitio:
         per_group = batch / j
         means = [band_mask * g / (per_group * precond) for g in group_grads]
         mean = sum(means[1:], means[0]) / j
-        mean_sq = float(xp.sum(xp.abs(mean) ** 2))
-        spread = sum(float(xp.sum(xp.abs(m - mean) ** 2)) for m in means) / (j - 1)
-        trace_cov = per_group * spread
+        # one read of 1 + j sums: the batch size is a host decision
+        sums = to_host(xp.stack([xp.sum(xp.abs(mean) ** 2)] + [xp.sum(xp.abs(m - mean) ** 2) for m in means]))
+        mean_sq = float(sums[0])
+        trace_cov = per_group * float(np.sum(sums[1:])) / (j - 1)
         if stats is None:
             return {"mean_sq": mean_sq, "trace_cov": trace_cov}
         a = 0.7
