@@ -51,6 +51,18 @@ def test_same_seed_same_map_bit_for_bit(tiny):
     assert not np.array_equal(a.maps, c.maps)
 
 
+def test_streamed_particles_equal_resident_ones(tiny):
+    """Reading the stack one batch ahead through the prefetching loader changes nothing."""
+    _, images, _, _, ctf = tiny
+    settings = dataclasses.replace(_tiny_settings(seed=2), handover_passes=2)
+    resident = Abinitio(images, 6.0, ctf, settings).run()
+    run = Abinitio(images, 6.0, ctf, settings)
+    run.stream_particles = True
+    streamed = run.run()
+    np.testing.assert_array_equal(streamed.maps, resident.maps)
+    np.testing.assert_array_equal(streamed.rotations, resident.rotations)
+
+
 def test_resume_equals_uninterrupted_run(tiny, tmp_path):
     _, images, _, _, ctf = tiny
     settings = _tiny_settings(seed=1)

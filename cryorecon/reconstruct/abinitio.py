@@ -41,6 +41,7 @@ import numpy as np
 from .. import fourier, likelihood, optim, projector
 from ..backend import array_module, get_xp, to_host
 from ..errors import InputError
+from ..gpu_memory import PrefetchLoader
 from .engine import SearchGrids, evaluate_batch
 
 log = logging.getLogger(__name__)
@@ -240,6 +241,9 @@ class Abinitio:
         self._device_mask = self.xp.asarray(self.mask)
         self._bands = {}
         self._staged = None
+        # None: keep the stack on the device when it fits; True: always read it batch by
+        # batch, one batch ahead (for a device shared with other work)
+        self.stream_particles = None
         self._widest_band = None
         self._band_masks = {}
         # shell of every voxel of the padded transform, for the per-shell priors; the
@@ -269,7 +273,7 @@ class Abinitio:
         if self._staged is not None:
             return self._staged
         images = self.images
-        if xp is not np:
+        if xp is not np and not self.stream_particles:
             from .. import gpu_memory
 
             if self.images.nbytes <= 0.25 * gpu_memory.free_bytes(xp):
@@ -278,17 +282,21 @@ class Abinitio:
         self._staged = (images, params)
         return self._staged
 
-    def batch_data(self, idx, band, idx_device=None):
+    def batch_data(self, idx, band, idx_device=None, loaded=None):
         """Image coefficients and CTF of particles ``idx`` on ``band``, on the device.
 
         ``idx_device`` is the same indices already on the device (taken from a
-        permutation uploaded once per epoch), so that no index array is copied per batch.
+        permutation uploaded once per epoch), so that no index array is copied per batch;
+        ``loaded`` is their images, already on the device (from a prefetching loader).
         """
         xp = self.xp
         images, params = self._stage_particles()
         if idx_device is None:
             idx_device = xp.asarray(idx)
-        imgs = images[idx_device] if array_module(images) is xp else xp.asarray(images[idx])
+        if loaded is not None:
+            imgs = loaded
+        else:
+            imgs = images[idx_device] if array_module(images) is xp else xp.asarray(images[idx])
         y = likelihood.image_coefficients(imgs, band)
         params = None if params is None else {k: v[idx_device] for k, v in params.items()}
         ctf = likelihood.ctf_on_band(band, self.pixel_size_A, params, len(idx), xp)
@@ -465,19 +473,23 @@ class Abinitio:
         grad = [xp.zeros_like(f) for f in f_pads]
         curv = [xp.zeros(f.shape, dtype=f.real.dtype) for f in f_pads]
         found = {"rotations": [], "shifts": [], "classes": [], "class_probability": []}
-        for start in range(0, self.n, batch):
-            idx = np.arange(start, min(start + batch, self.n))
-            y, ctf = self.batch_data(idx, band, xp.arange(start, start + len(idx)))
-            fixed = None if fixed_poses is None else (fixed_poses[0][idx], fixed_poses[1][idx])
-            local = None if local_from is None else (local_from["rotations"][idx], local_from["shifts"][idx])
-            out = evaluate_batch(
-                f_pads, y, ctf, noise, band, grids or self.grids, k_coarse, s.n_candidates, s.pad, fixed_poses=fixed, local_poses=local
-            )
-            for k in range(len(maps)):
-                grad[k] += out.grad[k]
-                curv[k] += out.curvature[k]
-            for key, value in zip(found, (out.best_rotation, out.best_shift, out.best_class, out.class_probability)):
-                found[key].append(value)
+        index_sets = [np.arange(start, min(start + batch, self.n)) for start in range(0, self.n, batch)]
+        # a stack too large to stay on the device is read and copied one batch ahead,
+        # through pinned buffers, while the current batch computes
+        streamed = self.stream_particles or array_module(self._stage_particles()[0]) is not xp
+        loader = PrefetchLoader(lambda i: self.images[i], index_sets, xp=xp) if streamed else None
+        try:
+            for idx in index_sets:
+                loaded = next(loader) if loader is not None else None
+                out = self._full_pass_batch(idx, loaded, f_pads, noise, band, k_coarse, fixed_poses, local_from, grids)
+                for k in range(len(maps)):
+                    grad[k] += out.grad[k]
+                    curv[k] += out.curvature[k]
+                for key, value in zip(found, (out.best_rotation, out.best_shift, out.best_class, out.class_probability)):
+                    found[key].append(value)
+        finally:
+            if loader is not None:
+                loader.close()
         if update_map:
             band_mask = self.band_mask(band.k_max_px, pL)
             n_pad = float(pL) ** 3
@@ -492,6 +504,15 @@ class Abinitio:
         # the poses come to the host once per pass
         dtypes = {"rotations": np.float32, "shifts": np.float32, "classes": np.int64, "class_probability": np.float64}
         return maps, {key: to_host(xp.concatenate(found[key])).astype(dtypes[key]) for key in found}
+
+    def _full_pass_batch(self, idx, loaded, f_pads, noise, band, k_coarse, fixed_poses, local_from, grids):
+        s = self.s
+        y, ctf = self.batch_data(idx, band, self.xp.arange(int(idx[0]), int(idx[-1]) + 1), loaded)
+        fixed = None if fixed_poses is None else (fixed_poses[0][idx], fixed_poses[1][idx])
+        local = None if local_from is None else (local_from["rotations"][idx], local_from["shifts"][idx])
+        return evaluate_batch(
+            f_pads, y, ctf, noise, band, grids or self.grids, k_coarse, s.n_candidates, s.pad, fixed_poses=fixed, local_poses=local
+        )
 
     def oracle(self, rotations, shifts_px, passes: int = 3):
         """Reconstruct with the true poses through the same engine (Newton steps from zero)."""
