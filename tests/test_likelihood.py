@@ -1,6 +1,7 @@
 """The marginal likelihood's gradient against central differences, and its pieces."""
 import numpy as np
 import pytest
+from _nohost import _DeviceLike, _HostValue, _NoHostXP
 
 from cryorecon import fourier, likelihood, pose_search, projector
 from cryorecon.geometry.rotations import random_rotations
@@ -96,54 +97,6 @@ def test_noise_model_update_moves_toward_residuals():
 
 
 # ------------------------------------------- per-shell sums without host values
-class _HostValue(AssertionError):
-    """An operation that needs a value on the host (a device sync on cupy)."""
-
-
-class _DeviceLike(np.ndarray):
-    """A numpy array that refuses what cupy could only do through the host."""
-
-    def __getitem__(self, key):
-        for k in key if isinstance(key, tuple) else (key,):
-            if isinstance(k, np.ndarray) and k.dtype == bool:
-                raise _HostValue("boolean-mask indexing (data-dependent size)")
-        return super().__getitem__(key)
-
-    def __bool__(self):
-        raise _HostValue("bool() of an array")
-
-    def __float__(self):
-        raise _HostValue("float() of an array")
-
-    def __int__(self):
-        raise _HostValue("int() of an array")
-
-    def item(self, *args):
-        raise _HostValue(".item()")
-
-    def tolist(self):
-        raise _HostValue(".tolist()")
-
-
-class _NoHostXP:
-    """numpy standing in for cupy: not ``np`` itself, so the device branches run, and
-    its arrays are :class:`_DeviceLike`, so a host round-trip fails the test."""
-
-    _refused = ("nonzero", "flatnonzero", "argwhere", "unique", "bincount", "asnumpy")
-
-    def __getattr__(self, name):
-        if name in self._refused:
-            raise _HostValue(f"xp.{name} has a data-dependent size")
-        attr = getattr(np, name)
-        if callable(attr) and not isinstance(attr, (type, np.ufunc)):
-            def wrapped(*args, **kwargs):
-                out = attr(*args, **kwargs)
-                return out.view(_DeviceLike) if isinstance(out, np.ndarray) else out
-
-            return wrapped
-        return attr
-
-
 def _loop_shell_sums(shells, values, n_shells):
     total, count = np.zeros(n_shells), np.zeros(n_shells)
     for s, v in zip(shells.tolist(), values.tolist()):
