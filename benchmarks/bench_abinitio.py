@@ -85,6 +85,9 @@ def main(argv=None):
     parser.add_argument("--map", default=str(MAP))
     parser.add_argument("--max-iter", type=int)
     parser.add_argument("--box", type=int, help="resample the map to this box first (Fourier pad/crop; pixel size scaled)")
+    parser.add_argument("--start-from-oracle", action="store_true",
+                        help="start from the true-pose oracle map (low-passed to the start band) instead of a random one: "
+                        "separates fold discovery from refinement")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an ab initio setting (repeatable)")
     args = parser.parse_args(argv)
     overrides = _parse_overrides(args.set)
@@ -102,7 +105,10 @@ def main(argv=None):
     for snr in args.snr:
         images, rotations, shifts, ctf = simulate(args.n, snr, args.seed + 1, volume, pixel_size_A)
         settings = default_settings(args.n, L, pixel_size_A, seed=args.seed, max_iter=args.max_iter, **overrides)
-        run = Abinitio(images, pixel_size_A, ctf, settings, progress=sys.stderr.isatty())
+        start = Abinitio(images, pixel_size_A, ctf, settings).oracle(rotations, shifts) if args.start_from_oracle else None
+        if start is not None:
+            print("starting from the oracle map, not a random one", flush=True)
+        run = Abinitio(images, pixel_size_A, ctf, settings, progress=sys.stderr.isatty(), initial_map=start)
         t0 = time.perf_counter()
         result = run.run()
         t_ab = time.perf_counter() - t0

@@ -4,7 +4,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cryorecon import validate
+from cryorecon import fourier, validate
 from cryorecon.errors import InputError
 from cryorecon.geometry.rotations import random_rotations
 from cryorecon.phantom import chiral_phantom
@@ -61,6 +61,21 @@ def test_streamed_particles_equal_resident_ones(tiny):
     streamed = run.run()
     np.testing.assert_array_equal(streamed.maps, resident.maps)
     np.testing.assert_array_equal(streamed.rotations, resident.rotations)
+
+
+def test_a_given_initial_map_replaces_the_random_start(tiny):
+    """The start is the given map inside the mask, low-passed to the start band."""
+    volume, images, _, _, ctf = tiny
+    settings = _tiny_settings(seed=3)
+    run = Abinitio(images, 6.0, ctf, settings, initial_map=volume)
+    start = run._fresh_state()["maps"][0]
+    k0 = 20 * 6.0 / settings.start_res_A
+    expected = fourier.ifft3c(fourier.fft3c(volume * run.mask) * (fourier.shell_index(20, 3) < k0)).real
+    np.testing.assert_allclose(start, expected, atol=1e-6 * np.abs(expected).max())
+    random = Abinitio(images, 6.0, ctf, settings)._fresh_state()["maps"][0]
+    assert np.corrcoef(start.ravel(), expected.ravel())[0, 1] > 0.999 > np.corrcoef(random.ravel(), expected.ravel())[0, 1]
+    with pytest.raises(InputError, match="does not match the 20 px working box"):
+        Abinitio(images, 6.0, ctf, settings, initial_map=np.zeros((16, 16, 16)))
 
 
 def test_resume_equals_uninterrupted_run(tiny, tmp_path):

@@ -224,9 +224,12 @@ class Abinitio:
         Where to checkpoint every ``settings.checkpoint_every`` iterations.
     progress : bool
         Show a progress bar.
+    initial_map : (L, L, L) array, optional
+        Start from this map (low-passed to the start band) instead of random blobs: to
+        refine from a reference, or to test whether a solution is a stable fixed point.
     """
 
-    def __init__(self, images, pixel_size_A, ctf_params, settings: AbinitioSettings, checkpoint_path=None, progress=False, xp=None, original_box=None):
+    def __init__(self, images, pixel_size_A, ctf_params, settings: AbinitioSettings, checkpoint_path=None, progress=False, xp=None, original_box=None, initial_map=None):
         self.xp = xp or get_xp()
         self.images = np.ascontiguousarray(images, dtype=np.float32)
         self.n, self.L = self.images.shape[0], self.images.shape[-1]
@@ -235,6 +238,9 @@ class Abinitio:
         self.s = settings
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.progress = progress
+        if initial_map is not None and np.shape(initial_map) != (self.L,) * 3:
+            raise InputError(f"initial map of shape {np.shape(initial_map)} does not match the {self.L} px working box: resample it to {self.L}^3")
+        self.initial_map = initial_map
         scale = self.L / float(original_box or self.L)
         self.grids = SearchGrids.make(
             self.xp,
@@ -590,7 +596,10 @@ class Abinitio:
     def _fresh_state(self):
         s = self.s
         rng = np.random.default_rng(s.seed)
-        start = random_start(self.L, 1, rng, self.pixel_size_A, s.start_res_A, self.mask)
+        if self.initial_map is None:
+            start = random_start(self.L, 1, rng, self.pixel_size_A, s.start_res_A, self.mask)
+        else:
+            start = (np.asarray(self.initial_map, dtype=np.float32) * self.mask)[None]
         k0 = band_limit_px(s.start_res_A, self.L, self.pixel_size_A)
         start = np.stack([fourier.ifft3c(fourier.fft3c(m) * (fourier.shell_index(self.L, 3) < k0)).real for m in start]).astype(np.float32)
         sample = self.xp.asarray(self.images[rng.choice(self.n, size=min(self.n, 500), replace=False)])
