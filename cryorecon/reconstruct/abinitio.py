@@ -265,7 +265,8 @@ class Abinitio:
 
     # ----------------------------------------------------------------- helpers
     def band(self, k_px: float) -> likelihood.Band:
-        key = round(float(k_px), 1)
+        """The band ``|k| < k_px``, clamped below Nyquist (the corners of the box are never fitted)."""
+        key = round(min(float(k_px), self.L / 2 - 1), 1)
         if key not in self._bands:
             # every band is a prefix of the widest: the marching band needs no new uploads
             if self._widest_band is None:
@@ -359,7 +360,7 @@ class Abinitio:
             fraction = progress_fraction(visits, self.n, s)
             res_A = resolution_schedule(fraction, s)
             k_px = band_limit_px(res_A, self.L, self.pixel_size_A)
-            band = self.band(min(k_px, self.L / 2 - 1))
+            band = self.band(k_px)
             k_coarse = band_limit_px(max(res_A, s.coarse_res_A), self.L, self.pixel_size_A)
             # mini-batch without replacement, epoch by epoch
             if pos + batch_size > self.n:
@@ -424,7 +425,7 @@ class Abinitio:
         bar.close()
 
         # hand-over: full-data passes with the same engine
-        final_band = self.band(min(band_limit_px(s.target_res_A, self.L, self.pixel_size_A), self.L / 2 - 1))
+        final_band = self.band(band_limit_px(s.target_res_A, self.L, self.pixel_size_A))
         k_coarse = band_limit_px(max(s.target_res_A, s.coarse_res_A), self.L, self.pixel_size_A)
         log.info("hand-over: %d full-data pass(es) at %.1f A", max(s.handover_passes, 1), s.target_res_A)
         # the first pass searches globally; later ones refine locally on finer grids
@@ -454,7 +455,7 @@ class Abinitio:
 
         s = self.s
         res_A = max(s.split_res_A, 2 * s.target_res_A)
-        band = self.band(min(band_limit_px(res_A, self.L, self.pixel_size_A), self.L / 2 - 1))
+        band = self.band(band_limit_px(res_A, self.L, self.pixel_size_A))
         f_pad = projector.volume_ft(consensus, pad=s.pad)
         vectors, coords = variability_subspace(self, f_pad, poses, noise, band, s.n_classes - 1, seed=s.seed)
         labels, centres = split_classes(coords, s.n_classes, seed=s.seed)
@@ -531,7 +532,7 @@ class Abinitio:
     def oracle(self, rotations, shifts_px, passes: int = 3):
         """Reconstruct with the true poses through the same engine (Newton steps from zero)."""
         xp, s = self.xp, self.s
-        band = self.band(min(band_limit_px(s.target_res_A, self.L, self.pixel_size_A), self.L / 2 - 1))
+        band = self.band(band_limit_px(s.target_res_A, self.L, self.pixel_size_A))
         sample = self.images[: min(self.n, 500)]
         noise = likelihood.NoiseModel.from_images(xp.asarray(fourier.fft2c(sample)), self.L // 2 + 2)
         maps = [xp.zeros((self.L,) * 3, dtype=xp.float32)]

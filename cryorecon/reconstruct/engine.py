@@ -162,7 +162,6 @@ def evaluate_batch(
         rot = xp.matmul(rot[:, :, None], grids.local_rotations[None, None])  # (B, C, n, 3, 3)
         sh = sh[:, :, None, :] + grids.local_shifts[None, None]  # (B, C, t, 2)
     n_cand = rot.shape[1]
-    cls_idx = xp.repeat(xp.arange(n_classes, dtype=xp.int64), per_class)[None, :]  # (1, C)
     rot_flat = rot.reshape(b, n_cand, -1, 3, 3)
     n_loc = rot_flat.shape[2]
     sh = sh.reshape(b, n_cand, -1, 2)
@@ -211,7 +210,7 @@ def evaluate_batch(
     p_sub = p.reshape(s, n_shift, n_loc)
     live_s, live_r, rows_per_image = _live_rows(p, b, n_cand, n_shift, n_loc, max_poses, compact_rows)
     rot_rows = rot_flat.reshape(s, n_loc, 3, 3)[live_s, live_r]
-    row_class = cls_idx[0, live_s % n_cand]
+    row_class = (live_s % n_cand) // per_class  # candidate slots are class by class
     # the search scored nearest-neighbour slices; the gradient needs the exact
     # trilinear slices of the few live rows, so that it is the adjoint's true gradient
     groups_n = max(n_groups, 1)
