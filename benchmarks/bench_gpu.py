@@ -6,7 +6,7 @@ Prints, measured in the same run:
   :func:`cryorecon.pose_search.global_search` with slice extraction, log-sum-exp and
   top-k) as a fraction of the rate of the bare cuBLAS GEMMs it is made of, for the same
   shapes (``(images x shifts, 2M) @ (2M, rotations)`` and ``(images, M) @ (M, rotations)``),
-  in float32 and with TF32 and bf16 tensor-core inputs;
+  in float32 and with TF32 tensor-core inputs;
 - **extraction and backprojection** throughput in slices per second (full L x L
   slices, 2x padding) for 64 and 128 px maps.
 
@@ -85,7 +85,7 @@ def main(argv=None):
     else:
         print("device: cpu (numpy)")
     n_img, n_rot = (32, 384) if args.quick else (args.images, args.rotations)
-    precisions = ("float32", "tf32", "bf16") if on_gpu else ("float32",)
+    precisions = ("float32", "tf32") if on_gpu else ("float32",)
     # Coarse search at 128 px (band to ~20 A at 1.5 A/px) and a finer band of the local stage.
     shapes = [(128, 10.0), (128, 24.0)] if not args.quick else [(32, 6.0)]
 

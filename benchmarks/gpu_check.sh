@@ -64,8 +64,9 @@ $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 | tee 
     $PY -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'cuda runtime', cupy.cuda.runtime.runtimeGetVersion())"
 } 2>&1 | tee -a "$LOG"
 
-step "pytest -m gpu" "$T_PYTEST" $PY -m pytest -m gpu -q -rsx -p no:cacheprovider \
-    tests/test_gpu_kernels.py tests/test_gpu_memory.py tests/test_gpu_iteration.py tests/test_projector.py
+# Every test module, so the optimizer and backend GPU tests run too.
+step "pytest -m gpu" "$T_PYTEST" $PY -m pytest -m gpu -q -rsx -p no:cacheprovider --durations=10 \
+    tests/
 step "bench_gpu" "$T_BENCH" $PY benchmarks/bench_gpu.py --device gpu
 if [ -f benchmarks/bench_abinitio.py ]; then
     # shellcheck disable=SC2086  # the flags are meant to split

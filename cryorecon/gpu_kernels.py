@@ -15,7 +15,9 @@ with ``atomicAdd`` in the values' own precision, so its summation order (and the
 bits) vary from run to run.
 
 :func:`gemm_precision` lets the pose-scoring matrix products run on tensor cores (TF32
-or bf16 inputs with float32 accumulation) for the duration of a ``with`` block.
+inputs with float32 accumulation) for the duration of a ``with`` block. There is no bf16
+mode: through cupy's compute-type switch (``COMPUTE_TYPE_BF16``) cuBLAS kept its float32
+kernels on an H200 (same rate, same bits), so the option changed nothing.
 
 CuPy is imported only inside the functions that run on cupy arrays, so this module
 imports on a machine without it.
@@ -233,23 +235,42 @@ def backproject(values, rotations, coords, shape, pad=2, real=False):
     return out
 
 
-PRECISIONS = ("float32", "tf32", "bf16")
+PRECISIONS = ("float32", "tf32")
+
+
+@functools.lru_cache(maxsize=None)
+def _assemble_kernel():
+    import cupy
+
+    # -2 * err is exact, so the fused multiply-add rounds as numpy's separate steps do.
+    return cupy.ElementwiseKernel("T norm, T c", "T err", "err = (T(-2) * err + norm) + c", "cryorecon_assemble_errors")
+
+
+def assemble_errors(cross, norm, const):
+    """``cross <- -2 cross + norm[:, None, :] + const[:, None, None]``, in place, in one pass.
+
+    The cupy version of the last step of :func:`cryorecon.pose_search.errors_shared`. At
+    coarse bands the three separate passes over the (B, T, R) block took as long as the
+    GEMM that fills it.
+    """
+    _assemble_kernel()(norm[:, None, :], const[:, None, None], cross)
+    return cross
 
 
 @contextlib.contextmanager
 def gemm_precision(precision: str = "float32", xp=None):
-    """Run float32 matrix products inside the block with TF32 or bf16 tensor-core inputs.
+    """Run float32 matrix products inside the block with TF32 tensor-core inputs.
 
-    ``tf32`` rounds the inputs to a 10-bit mantissa and ``bf16`` to a 7-bit one; both
-    accumulate in float32 (cuBLAS's ``CUBLAS_COMPUTE_32F_FAST_TF32`` and
-    ``_FAST_16BF``). That is safe for pose scoring, which only ranks poses whose errors
+    ``tf32`` rounds the inputs to a 10-bit mantissa and accumulates in float32 (cuBLAS's
+    ``CUBLAS_COMPUTE_32F_FAST_TF32``). cuBLAS is allowed, not forced, to use tensor
+    cores: for small products it may keep its float32 kernels. That is safe for pose scoring, which only ranks poses whose errors
     differ by much more than the rounding, and the search stays float32 in storage.
     Keep gradients and anything summed over many terms outside the block. On numpy, or
     with ``"float32"``, the block changes nothing.
 
     Parameters
     ----------
-    precision : {"float32", "tf32", "bf16"}
+    precision : {"float32", "tf32"}
     xp : module, optional
         The array module in use (default: :func:`cryorecon.backend.get_xp`).
 
@@ -271,9 +292,8 @@ def gemm_precision(precision: str = "float32", xp=None):
     # The switch that CUPY_TF32=1 sets for the whole process, here for one block only.
     from cupy._core import _routines_linalg as linalg
 
-    wanted = linalg.COMPUTE_TYPE_TF32 if precision == "tf32" else linalg.COMPUTE_TYPE_BF16
     before = linalg.get_compute_type(np.float32)
-    linalg.set_compute_type(np.float32, wanted)
+    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32)
     try:
         yield
     finally:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import gpu_memory
+from . import gpu_kernels, gpu_memory
 from .backend import array_module
 
 
@@ -93,10 +93,21 @@ def errors_shared(terms: BatchTerms, slices):
     # assembled in place: at low bands the elementwise passes over the (B, T, R) block
     # cost as much as the GEMM itself, so no temporaries of that size are made
     err = (terms.cross_lhs.reshape(b * t, m2) @ p_cat.T).reshape(b, t, -1)
-    err *= -2
-    err += (terms.norm_lhs @ p_abs2.T)[:, None, :]
-    err += terms.const[:, None, None]
-    return err
+    norm = terms.norm_lhs @ p_abs2.T
+    assemble = assemble_errors if array_module(err) is np else gpu_kernels.assemble_errors
+    return assemble(err, norm, terms.const)
+
+
+def assemble_errors(cross, norm, const):
+    """``cross <- -2 cross + norm[:, None, :] + const[:, None, None]``, in place.
+
+    The reference for :func:`cryorecon.gpu_kernels.assemble_errors`, which does it in
+    one pass.
+    """
+    cross *= -2
+    cross += norm[:, None, :]
+    cross += const[:, None, None]
+    return cross
 
 
 def errors_per_image(terms: BatchTerms, slices):

@@ -46,8 +46,10 @@ def device_branch(monkeypatch):
             (projector.backproject_weights if real else projector.backproject)(_host(values), _host(rot), _host(coords), shape, pad)
         ),
     )
+    monkeypatch.setattr(gpu_kernels, "assemble_errors", pose_search.assemble_errors)
     monkeypatch.setattr(gpu_memory, "free_bytes", lambda xp=None: 1 << 30)
     return XP
+
 
 
 def _problem():

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from cryorecon import fourier, gpu_memory, likelihood, pose_search, projector
+from cryorecon import fourier, gpu_kernels, gpu_memory, likelihood, pose_search, projector
 from cryorecon.errors import InputError
 from cryorecon.geometry.rotations import angular_distance_deg
 from cryorecon.io.mrc import read_map
@@ -158,6 +158,7 @@ def test_global_search_on_the_device_sizes_chunks_from_free_memory(monkeypatch):
     free = 2 * 10 * per + 3  # half of it holds 10 rotations
     asked = []
     monkeypatch.setattr(pose_search, "array_module", lambda *a: _NotNumpy())
+    monkeypatch.setattr(gpu_kernels, "assemble_errors", pose_search.assemble_errors)  # the arrays are numpy's
     monkeypatch.setattr(gpu_memory, "free_bytes", lambda xp=None: asked.append(xp) or free)
     tried = []
     got = pose_search.global_search(terms, lambda a, z: tried.append(z - a) or slices[a:z], r, 3, log_prior=log_prior)

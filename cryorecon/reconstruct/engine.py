@@ -123,7 +123,7 @@ def evaluate_batch(
         Skip the global stage: search only the local grids around these poses (local
         refinement from known poses). Every class is searched around the same pose:
         the class maps share the consensus frame.
-    scoring_precision : {"float32", "tf32", "bf16"}
+    scoring_precision : {"float32", "tf32"}
         Input rounding of the pose-scoring GEMMs on a GPU (:func:`gemm_precision`);
         the posterior, gradient and everything summed stay float32.
     compact_rows : bool, optional
