@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-size", type=float, help="pixel size in A, where the STAR file has none or a wrong one")
     p.add_argument("--no-ctf", action="store_true", help="the particles have no CTF (STAR without CTF columns)")
     p.add_argument("--scoring-precision", choices=["float32", "tf32"], default=None,
-                   help="GPU only: tensor-core inputs for the pose-scoring GEMMs (default float32)")
+                   help="GPU only: tensor-core inputs for the coarse global search's GEMMs (default float32)")
     p.set_defaults(func=_cmd_abinitio)
 
     p = sub.add_parser(

@@ -263,10 +263,13 @@ def gemm_precision(precision: str = "float32", xp=None):
 
     ``tf32`` rounds the inputs to a 10-bit mantissa and accumulates in float32 (cuBLAS's
     ``CUBLAS_COMPUTE_32F_FAST_TF32``). cuBLAS is allowed, not forced, to use tensor
-    cores: for small products it may keep its float32 kernels. That is safe for pose scoring, which only ranks poses whose errors
-    differ by much more than the rounding, and the search stays float32 in storage.
-    Keep gradients and anything summed over many terms outside the block. On numpy, or
-    with ``"float32"``, the block changes nothing.
+    cores: for small products it may keep its float32 kernels.
+
+    It is safe only where the poses being ranked differ by much more than the rounding:
+    the coarse global search on a 15-degree grid. Neighbouring local poses at a fine band
+    do not (with TF32 there, the median pose error of 50,000 particles at 128 px went from
+    1.2 to 6.8 degrees), nor do gradients or anything summed over many terms. On numpy,
+    or with ``"float32"``, the block changes nothing.
 
     Parameters
     ----------

@@ -139,17 +139,49 @@ def top_poses(errors, k: int, log_prior=None):
     neg_logp : (B, k) real
         ``E - log prior`` of those poses.
     """
-    xp = array_module(errors)
     b, t, r = errors.shape
     score = errors if log_prior is None else errors - log_prior[None, :, None]
-    flat = score.reshape(b, t * r)
-    k = min(k, t * r)
-    part = xp.argpartition(flat, k - 1, axis=1)[:, :k] if k < t * r else xp.broadcast_to(xp.arange(t * r), (b, t * r))
-    vals = xp.take_along_axis(flat, part, axis=1)
-    order = xp.argsort(vals, axis=1)
-    part = xp.take_along_axis(part, order, axis=1)
-    vals = xp.take_along_axis(vals, order, axis=1)
-    return part // r, part % r, vals
+    idx, vals = smallest(score.reshape(b, t * r), k)
+    return idx // r, idx % r, vals
+
+
+def smallest(values, k: int):
+    """The ``k`` smallest entries of each row, in ascending order.
+
+    Parameters
+    ----------
+    values : (B, N) real
+    k : int
+        At most N are returned.
+
+    Returns
+    -------
+    idx : (B, k) int
+    vals : (B, k) real
+
+    On numpy, ``argpartition`` and a sort of the ``k``. On a GPU, ``k`` rounds of
+    ``argmin`` on a copy: cupy's ``argpartition`` reads a value back to the host (its
+    ``unravel_index`` checks for negative indices), which would stall every batch, and
+    for the few poses kept here ``k`` reductions cost less than a sort.
+    """
+    xp = array_module(values)
+    b, n = values.shape
+    k = min(k, n)
+    if xp is np:
+        idx = np.argpartition(values, k - 1, axis=1)[:, :k] if k < n else np.broadcast_to(np.arange(n), (b, n))
+        vals = np.take_along_axis(values, idx, axis=1)
+        order = np.argsort(vals, axis=1, kind="stable")
+        return np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
+    work = values.copy()
+    rows = xp.arange(b)
+    idx = xp.empty((b, k), dtype=xp.int64)
+    vals = xp.empty((b, k), dtype=values.dtype)
+    for j in range(k):
+        best = xp.argmin(work, axis=1)
+        idx[:, j] = best
+        vals[:, j] = work[rows, best]
+        work[rows, best] = xp.inf
+    return idx, vals
 
 
 def logsumexp_neg(neg_logp, axis=-1):
@@ -235,9 +267,7 @@ def global_search(terms: BatchTerms, slice_fn, n_rotations: int, k: int, log_pri
         if best_v is None:
             best_t, best_r, best_v = ti, ri, v
         else:
-            cat_v = xp.concatenate([best_v, v], axis=1)
-            order = xp.argsort(cat_v, axis=1)[:, :k]
+            order, best_v = smallest(xp.concatenate([best_v, v], axis=1), k)
             best_t = xp.take_along_axis(xp.concatenate([best_t, ti], axis=1), order, axis=1)
             best_r = xp.take_along_axis(xp.concatenate([best_r, ri], axis=1), order, axis=1)
-            best_v = xp.take_along_axis(cat_v, order, axis=1)
     return SearchResult(best_t, best_r, best_v, lse)

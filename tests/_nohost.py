@@ -4,7 +4,9 @@ cupy needs the host (a synchronisation, or a device-to-host copy) for ``bool``/`
 of an array, boolean-mask indexing and anything whose output size depends on device
 values (``nonzero``, ``unique``, ``bincount`` without a length). These stand-ins make
 the same operations fail on the CPU, so the device branches of the code can be checked
-for host round-trips without a GPU.
+for host round-trips without a GPU. cupy's ``argpartition`` and ``partition`` are refused
+too: they read a value back (``unravel_index`` checks for negative indices), as the
+first run on a GPU showed.
 """
 import numpy as np
 
@@ -47,6 +49,7 @@ class _NoHostXP:
     """
 
     _refused = ("nonzero", "flatnonzero", "argwhere", "unique", "bincount", "asnumpy")
+    _syncing = ("argpartition", "partition")
 
     def __init__(self, namespace=np):
         self._namespace = namespace
@@ -54,6 +57,8 @@ class _NoHostXP:
     def __getattr__(self, name):
         if name in self._refused:
             raise _HostValue(f"xp.{name} has a data-dependent size")
+        if name in self._syncing:
+            raise _HostValue(f"cupy's {name} reads a value back to the host")
         attr = getattr(self._namespace, name)
         if name in ("fft", "linalg"):
             return _NoHostXP(attr)

@@ -210,19 +210,20 @@ def test_gpu_kernels_handle_empty_and_large_launches(monkeypatch):
     cp.testing.assert_allclose(bp_strided, bp_one_grid, rtol=1e-5, atol=1e-5 * float(cp.abs(bp_one_grid).max()))
 
 
-def _scoring_problem(cp, n_images=256, L=128, snr=0.05, seed=7):
-    """Noisy slices of a random map and the search terms, at the bench's scale.
+def _scoring_problem(cp, n_images=256, L=128, k_px=10.0, n_rot=4608, snr=0.5, seed=7):
+    """Noisy slices of a random map and the search terms, by default at the shape of
+    ``bench_gpu.py``'s coarse case (256 images x 25 shifts x 4608 rotations, M = 153).
 
-    The scale matters: cuBLAS may keep its float32 kernels for small products even when
-    tensor cores are allowed, and then there is nothing to compare.
+    The shape matters: cuBLAS may keep its float32 kernels even with tensor cores
+    allowed (it did for 6400 x 1400 x 2000 on an H200), and then there is nothing to
+    compare. At the bench's shape TF32 ran 1.6 times faster, so it was in use.
     """
     from cryorecon.fourier import shift_phase
 
     rng = np.random.default_rng(seed)
     V = rng.standard_normal((L, L, L)).astype(np.float32)
     F = cp.asarray(volume_ft(V))
-    coords = band_coords(L, L / 6, half=True)[0]
-    n_rot = 2000
+    coords = band_coords(L, k_px, half=True)[0]
     R = cp.asarray(random_rotations(n_rot, rng), dtype=cp.float32)
     slices = extract(F, R, coords)
     truth = rng.integers(0, n_rot, n_images)
@@ -241,7 +242,7 @@ def _scoring_problem(cp, n_images=256, L=128, snr=0.05, seed=7):
 @pytest.mark.gpu
 def test_gpu_error_assembly_equals_numpy():
     cp = _cupy()
-    terms, slices = _scoring_problem(cp, n_images=16, L=48)
+    terms, slices = _scoring_problem(cp, n_images=16, L=48, k_px=12.0, n_rot=600)
     got = errors_shared(terms, slices)
     host_terms = BatchTerms(cross_lhs=cp.asnumpy(terms.cross_lhs), norm_lhs=cp.asnumpy(terms.norm_lhs), const=cp.asnumpy(terms.const))
     ref = errors_shared(host_terms, cp.asnumpy(slices))

@@ -83,7 +83,7 @@ class AbinitioSettings:
     checkpoint_every: int = 25
     pad: int = 2
     use_ctf: bool = True
-    scoring_precision: str = "float32"  # or "tf32" for the pose-scoring GEMMs on a GPU
+    scoring_precision: str = "float32"  # or "tf32" for the coarse global search's GEMMs on a GPU
 
 
 def default_settings(n_particles: int, box: int, pixel_size_A: float, **overrides) -> AbinitioSettings:
