@@ -6,7 +6,7 @@ Prints, measured in the same run:
   :func:`cryorecon.pose_search.global_search` with slice extraction, log-sum-exp and
   top-k) as a fraction of the rate of the bare cuBLAS GEMMs it is made of, for the same
   shapes (``(images x shifts, 2M) @ (2M, rotations)`` and ``(images, M) @ (M, rotations)``),
-  in float32 and with TF32 tensor-core inputs;
+  in float32 (TF32 was measured and dropped: see cryorecon.gpu_kernels);
 - **extraction and backprojection** throughput in slices per second (full L x L
   slices, 2x padding) for 64 and 128 px maps.
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from _timing import best_time
 
-from cryorecon import gpu_kernels, pose_search
+from cryorecon import pose_search
 from cryorecon.backend import set_device
 from cryorecon.fourier import band_coords
 from cryorecon.geometry.rotations import random_rotations
@@ -31,7 +31,7 @@ from cryorecon.gpu_memory import free_bytes, pose_chunk_size
 from cryorecon.projector import backproject, extract, full_coords, volume_ft
 
 
-def scoring_case(xp, rng, n_images, n_shifts, L, k_px, n_rot, precision, repeats):
+def scoring_case(xp, rng, n_images, n_shifts, L, k_px, n_rot, repeats):
     """Times of the bare GEMMs, of ``errors_shared`` and of ``global_search`` for one shape."""
     coords = band_coords(L, k_px, half=True)[0]
     m = len(coords)
@@ -58,10 +58,9 @@ def scoring_case(xp, rng, n_images, n_shifts, L, k_px, n_rot, precision, repeats
     def search():
         pose_search.global_search(terms, lambda a, b: extract(F, rot[a:b], coords_d), n_rot, 3, chunk=chunk)
 
-    with gpu_kernels.gemm_precision(precision, xp=xp):
-        t_gemm = best_time(gemms, xp, repeats)
-        t_score = best_time(lambda: pose_search.errors_shared(terms, slices), xp, repeats)
-        t_search = best_time(search, xp, repeats)
+    t_gemm = best_time(gemms, xp, repeats)
+    t_score = best_time(lambda: pose_search.errors_shared(terms, slices), xp, repeats)
+    t_search = best_time(search, xp, repeats)
     flops = 2.0 * n_images * n_shifts * 2 * m * n_rot + 2.0 * n_images * m * n_rot
     return m, chunk, flops, t_gemm, t_score, t_search
 
@@ -85,20 +84,18 @@ def main(argv=None):
     else:
         print("device: cpu (numpy)")
     n_img, n_rot = (32, 384) if args.quick else (args.images, args.rotations)
-    precisions = ("float32", "tf32") if on_gpu else ("float32",)
     # Coarse search at 128 px (band to ~20 A at 1.5 A/px) and a finer band of the local stage.
     shapes = [(128, 10.0), (128, 24.0)] if not args.quick else [(32, 6.0)]
 
     print("\npose scoring: images x shifts x rotations; fraction = bare-GEMM time / scoring time")
-    print(f"{'prec':>7} {'M':>5} {'B x T x R':>17} {'chunk':>6} {'GEMM TF/s':>10} {'score TF/s':>11} {'frac':>6} {'search TF/s':>12} {'frac':>6}")
-    for precision in precisions:
-        for L, k in shapes:
-            m, chunk, flops, t_g, t_s, t_all = scoring_case(xp, rng, n_img, args.shifts, L, k, n_rot, precision, args.repeats)
-            shape = f"{n_img}x{args.shifts}x{n_rot}"
-            print(
-                f"{precision:>7} {m:>5} {shape:>17} {chunk:>6} {flops / t_g / 1e12:>10.2f} {flops / t_s / 1e12:>11.2f} "
-                f"{t_g / t_s:>6.2f} {flops / t_all / 1e12:>12.2f} {t_g / t_all:>6.2f}"
-            )
+    print(f"{'M':>5} {'B x T x R':>17} {'chunk':>6} {'GEMM TF/s':>10} {'score TF/s':>11} {'frac':>6} {'search TF/s':>12} {'frac':>6}")
+    for L, k in shapes:
+        m, chunk, flops, t_g, t_s, t_all = scoring_case(xp, rng, n_img, args.shifts, L, k, n_rot, args.repeats)
+        shape = f"{n_img}x{args.shifts}x{n_rot}"
+        print(
+            f"{m:>5} {shape:>17} {chunk:>6} {flops / t_g / 1e12:>10.2f} {flops / t_s / 1e12:>11.2f} "
+            f"{t_g / t_s:>6.2f} {flops / t_all / 1e12:>12.2f} {t_g / t_all:>6.2f}"
+        )
 
     print("\nprojector: full L x L slices, pad 2")
     print(f"{'L':>4} {'rotations':>9} {'extract slices/s':>17} {'backproject slices/s':>21}")

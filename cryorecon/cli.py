@@ -42,7 +42,7 @@ def _cmd_abinitio(args):
         },
         "abinitio": {
             "n_classes": args.classes, "max_iter": args.max_iter, "target_res_A": args.target_res_A,
-            "batch_size": args.batch_size, "scoring_precision": args.scoring_precision,
+            "batch_size": args.batch_size,
         },
     }
     config = {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in config.items()}
@@ -97,8 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--particle-diameter-A", type=float, help="particle diameter for background normalisation (default 80%% of the box)")
     p.add_argument("--pixel-size", type=float, help="pixel size in A, where the STAR file has none or a wrong one")
     p.add_argument("--no-ctf", action="store_true", help="the particles have no CTF (STAR without CTF columns)")
-    p.add_argument("--scoring-precision", choices=["float32", "tf32"], default=None,
-                   help="GPU only: tensor-core inputs for the coarse global search's GEMMs (default float32)")
     p.set_defaults(func=_cmd_abinitio)
 
     p = sub.add_parser(

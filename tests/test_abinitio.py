@@ -109,8 +109,6 @@ def test_bad_requests_are_clear_errors():
         default_settings(1000, 16, 1.0)
     with pytest.raises(InputError, match="unknown ab initio setting"):
         default_settings(1000, 64, 5.0, learning_rat=0.1)
-    with pytest.raises(InputError, match="scoring-precision 'fp8'"):
-        default_settings(1000, 64, 5.0, scoring_precision="fp8")
 
 
 def test_defaults_scale_with_the_data():

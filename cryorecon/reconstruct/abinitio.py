@@ -83,7 +83,6 @@ class AbinitioSettings:
     checkpoint_every: int = 25
     pad: int = 2
     use_ctf: bool = True
-    scoring_precision: str = "float32"  # or "tf32" for the coarse global search's GEMMs on a GPU
 
 
 def default_settings(n_particles: int, box: int, pixel_size_A: float, **overrides) -> AbinitioSettings:
@@ -133,10 +132,6 @@ def check_settings(s: AbinitioSettings, n_particles: int, box: int, pixel_size_A
         raise InputError(f"only {n_particles} particles, fewer than one batch of {s.batch_size}: add particles or lower --batch-size")
     if s.n_classes < 1:
         raise InputError("--classes must be 1 or more")
-    from ..gpu_kernels import PRECISIONS
-
-    if s.scoring_precision not in PRECISIONS:
-        raise InputError(f"--scoring-precision {s.scoring_precision!r}: use one of {', '.join(PRECISIONS)}")
 
 
 def band_limit_px(res_A: float, box: int, pixel_size_A: float) -> float:
@@ -373,7 +368,7 @@ class Abinitio:
             f_pads = [projector.volume_ft(m, pad=s.pad) for m in maps]
             groups = s.n_groups if s.adaptive_batch else 0
             out = evaluate_batch(
-                f_pads, y, ctf, noise, band, self.grids, k_coarse, s.n_candidates, s.pad, n_groups=groups, scoring_precision=s.scoring_precision
+                f_pads, y, ctf, noise, band, self.grids, k_coarse, s.n_candidates, s.pad, n_groups=groups
             )
             noise.update(band, out.residual_power, rate=s.noise_rate)
 
@@ -525,8 +520,7 @@ class Abinitio:
         fixed = None if fixed_poses is None else (fixed_poses[0][idx], fixed_poses[1][idx])
         local = None if local_from is None else (local_from["rotations"][idx], local_from["shifts"][idx])
         return evaluate_batch(
-            f_pads, y, ctf, noise, band, grids or self.grids, k_coarse, s.n_candidates, s.pad, fixed_poses=fixed, local_poses=local,
-            scoring_precision=s.scoring_precision,
+            f_pads, y, ctf, noise, band, grids or self.grids, k_coarse, s.n_candidates, s.pad, fixed_poses=fixed, local_poses=local
         )
 
     def oracle(self, rotations, shifts_px, passes: int = 3):
