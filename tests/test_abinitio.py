@@ -78,6 +78,35 @@ def test_a_given_initial_map_replaces_the_random_start(tiny):
         Abinitio(images, 6.0, ctf, settings, initial_map=np.zeros((16, 16, 16)))
 
 
+def test_last_handover_pass_aligns_against_the_low_passed_map(tiny):
+    """With restart_factor, one more pass runs, and it starts from the map with nothing
+    finer than restart_factor x target; with 0 it is skipped."""
+    _, images, _, _, ctf = tiny
+    calls = {}
+    for factor in (2.0, 0.0):
+        settings = dataclasses.replace(_tiny_settings(seed=2), handover_passes=2, restart_factor=factor)
+        run = Abinitio(images, 6.0, ctf, settings)
+        inputs = []
+        full_pass = run.full_pass
+
+        def spy(maps, *args, **kwargs):
+            inputs.append(np.array(maps[0]))
+            return full_pass(maps, *args, **kwargs)
+
+        run.full_pass = spy
+        run.run()
+        calls[factor] = inputs
+    assert len(calls[2.0]) == len(calls[0.0]) + 1 == 3
+    last = calls[2.0][-1]
+    power = np.abs(fourier.fft3c(last)) ** 2
+    k = 20 * 6.0 / (2.0 * settings.target_res_A)
+    outside = fourier.shell_index(20, 3) >= k
+    assert power[outside].sum() <= 1e-10 * power.sum()
+    # hand-over maps do carry power there (the input of the run without the extra pass)
+    before = np.abs(fourier.fft3c(calls[0.0][-1])) ** 2
+    assert before[outside].sum() > 1e-3 * before.sum()
+
+
 def test_resume_equals_uninterrupted_run(tiny, tmp_path):
     _, images, _, _, ctf = tiny
     settings = _tiny_settings(seed=1)

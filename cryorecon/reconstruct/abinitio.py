@@ -26,7 +26,9 @@ On top of that, two things of our own:
   ``1 - delta``, and the batch grows toward it;
 - the **hand-over**: after the SGD phase, a few full-data passes (every particle, the
   same engine) take Newton-like steps from the SGD map, which is what turns a correct
-  low-resolution fold into a map close to the true-pose oracle.
+  low-resolution fold into a map close to the true-pose oracle. The last of them aligns
+  against the map low-passed to twice the target resolution (``restart_factor``), so
+  that the final poses do not lock onto noise that earlier passes fitted.
 """
 from __future__ import annotations
 
