@@ -23,26 +23,35 @@ def batch():
     ctf = likelihood.ctf_on_band(band, px, None, n, np)
     grids = SearchGrids.make(np, coarse_step_deg=30.0, max_shift_px=2.0, shift_step_px=2.0)
     f_pad = projector.volume_ft((volume / images.std()).astype(np.float32))
-    return dict(f_pad=f_pad, y=y, ctf=ctf, noise=noise, band=band, grids=grids, rotations=rotations)
+    other = chiral_phantom(L, rng=0, arm=False)  # a second class: the complex without its arm
+    f_pad2 = projector.volume_ft((other / images.std()).astype(np.float32))
+    return dict(f_pad=f_pad, f_pad2=f_pad2, y=y, ctf=ctf, noise=noise, band=band, grids=grids, rotations=rotations)
 
 
 @pytest.mark.parametrize("n_groups", [0, 4])
-def test_fixed_rows_equal_compacted_rows(batch, n_groups):
+@pytest.mark.parametrize("n_classes", [1, 2])
+def test_fixed_rows_equal_compacted_rows(batch, n_groups, n_classes):
     b = batch
-    args = ([b["f_pad"]], b["y"], b["ctf"], b["noise"], b["band"], b["grids"], b["band"].k_max_px / 2)
+    f_pads = [b["f_pad"], b["f_pad2"]][:n_classes]
+    args = (f_pads, b["y"], b["ctf"], b["noise"], b["band"], b["grids"], b["band"].k_max_px / 2)
     compact = evaluate_batch(*args, n_groups=n_groups, compact_rows=True)
     fixed = evaluate_batch(*args, n_groups=n_groups, compact_rows=False)
-    scale = np.abs(compact.grad[0]).max()
-    np.testing.assert_allclose(fixed.grad[0], compact.grad[0], atol=1e-5 * scale)
-    np.testing.assert_allclose(fixed.curvature[0], compact.curvature[0], atol=1e-5 * np.abs(compact.curvature[0]).max())
     np.testing.assert_array_equal(fixed.best_rotation, compact.best_rotation)
+    np.testing.assert_array_equal(fixed.best_class, compact.best_class)
     assert float(fixed.nll) == pytest.approx(float(compact.nll), rel=1e-6)
-    if n_groups:
-        assert len(fixed.group_grads[0]) == n_groups
-        total = sum(fixed.group_grads[0][1:], fixed.group_grads[0][0])
-        np.testing.assert_allclose(total, fixed.grad[0], atol=1e-5 * scale)
-        for g in range(n_groups):
-            np.testing.assert_allclose(fixed.group_grads[0][g], compact.group_grads[0][g], atol=1e-5 * scale)
+    for k in range(n_classes):
+        scale = np.abs(compact.grad[k]).max()
+        assert scale > 0
+        np.testing.assert_allclose(fixed.grad[k], compact.grad[k], atol=1e-5 * scale)
+        np.testing.assert_allclose(fixed.curvature[k], compact.curvature[k], atol=1e-5 * np.abs(compact.curvature[k]).max())
+        if n_groups:
+            assert len(fixed.group_grads[k]) == n_groups
+            total = sum(fixed.group_grads[k][1:], fixed.group_grads[k][0])
+            np.testing.assert_allclose(total, fixed.grad[k], atol=1e-5 * scale)
+            for g in range(n_groups):
+                np.testing.assert_allclose(fixed.group_grads[k][g], compact.group_grads[k][g], atol=1e-5 * scale)
+    if n_classes == 2:  # both classes took images, so both layouts really were exercised
+        assert 0 < np.mean(compact.best_class) < 1
 
 
 def test_two_identical_classes_share_every_image_evenly(batch):

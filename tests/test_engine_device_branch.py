@@ -69,7 +69,7 @@ def _problem():
     return volume / images.std(), images, params, L, px
 
 
-def _batch(xp, volume, images, params, L, px):
+def _batch(xp, volume, images, params, L, px, n_classes=1):
     put = _device if xp is XP else np.asarray
     band = likelihood.Band.make(L, L * px / 15.0, xp)
     y = likelihood.image_coefficients(put(images), band)
@@ -78,9 +78,10 @@ def _batch(xp, volume, images, params, L, px):
         assert isinstance(y, _DeviceLike) and isinstance(ctf, _DeviceLike)
     noise = likelihood.NoiseModel(put(np.full(L // 2 + 2, float(L * L), np.float32)))
     grids = engine.SearchGrids.make(xp, coarse_step_deg=30.0, max_shift_px=2.0, shift_step_px=2.0)
-    f_pad = projector.volume_ft(put(volume.astype(np.float32)))
-    assert isinstance(f_pad, _DeviceLike) == (xp is XP)
-    out = engine.evaluate_batch([f_pad], y, ctf, noise, band, grids, band.k_max_px / 2, n_groups=2, compact_rows=False)
+    # a second class: the same map mirrored, so that the two really compete
+    f_pads = [projector.volume_ft(put(v.astype(np.float32))) for v in (volume, volume[::-1].copy())[:n_classes]]
+    assert isinstance(f_pads[0], _DeviceLike) == (xp is XP)
+    out = engine.evaluate_batch(f_pads, y, ctf, noise, band, grids, band.k_max_px / 2, n_groups=2, compact_rows=False)
     noise.update(band, out.residual_power)
     return out, noise
 
@@ -95,6 +96,18 @@ def test_one_class_batch_needs_no_host_value(device_branch):
     scale = np.abs(ref.grad[0]).max()
     np.testing.assert_allclose(_host(out.grad[0]), ref.grad[0], atol=1e-5 * scale)
     np.testing.assert_allclose(_host(noise.sigma2), ref_noise.sigma2, rtol=1e-5)
+
+
+def test_two_class_batch_needs_no_host_value(device_branch):
+    """Several classes too: each class's rows are a fixed block, selected without a sync."""
+    volume, images, params, L, px = _problem()
+    out, _ = _batch(device_branch, volume, images, params, L, px, n_classes=2)
+    ref, _ = _batch(np, volume, images, params, L, px, n_classes=2)
+    np.testing.assert_array_equal(_host(out.best_class), ref.best_class)
+    for k in (0, 1):
+        scale = np.abs(ref.grad[k]).max()
+        assert scale > 0
+        np.testing.assert_allclose(_host(out.grad[k]), ref.grad[k], atol=1e-5 * scale)
 
 
 def test_the_stand_in_catches_a_host_value(device_branch):

@@ -204,17 +204,21 @@ def evaluate_batch(
     # gradient and curvature, backprojected from the (image, rotation) rows that carry
     # weight; rows stay grouped by image (``rows_per_image`` each when fixed)
     p_sub = p.reshape(s, n_shift, n_loc)
-    live_s, live_r, rows_per_image = _live_rows(p, b, n_cand, n_shift, n_loc, max_poses, compact_rows)
+    live_s, live_r, rows_per_image = _live_rows(p, b, n_cand, n_shift, n_loc, n_classes, max_poses, compact_rows)
     rot_rows = rot_flat.reshape(s, n_loc, 3, 3)[live_s, live_r]
-    row_class = (live_s % n_cand) // per_class  # candidate slots are class by class
     # the search scored nearest-neighbour slices; the gradient needs the exact
     # trilinear slices of the few live rows, so that it is the adjoint's true gradient
     groups_n = max(n_groups, 1)
     grads, curvs, groups = [], [], []
     shape = f_pads[0].shape
     for k in range(n_classes):
-        # one class needs no selection; several select their rows (a host sync on a GPU)
-        sel = slice(None) if n_classes == 1 else xp.nonzero(row_class == k)[0]
+        if rows_per_image is not None:  # fixed layout: class k's rows are one block
+            block = b * rows_per_image
+            sel = slice(k * block, (k + 1) * block)
+        elif n_classes == 1:
+            sel = slice(None)
+        else:  # compacted (CPU): candidate slots are class by class
+            sel = xp.nonzero((live_s % n_cand) // per_class == k)[0]
         rows_s, rows_r, rows_rot = live_s[sel], live_r[sel], rot_rows[sel]
         exact = projector.extract(f_pads[k], rows_rot, band.coords, pad=pad)
         grad_rows, curv_rows = likelihood.slice_gradient(
@@ -224,7 +228,7 @@ def evaluate_batch(
         for g in range(groups_n):
             if groups_n == 1:
                 pick = slice(None)
-            elif rows_per_image is not None and n_classes == 1:
+            elif rows_per_image is not None:
                 pick = _every_gth_image(grad_rows.shape[0], rows_per_image, groups_n, g, xp)
             else:
                 pick = xp.nonzero((rows_s // n_cand) % groups_n == g)[0]
@@ -244,29 +248,36 @@ def _every_gth_image(n_rows, rows_per_image, n_groups, g, xp):
     return (images[:, None] * rows_per_image + xp.arange(rows_per_image)[None, :]).ravel()
 
 
-def _live_rows(p, b, n_cand, n_shift, n_loc, max_poses, compact_rows):
-    """(image x candidate, rotation) rows that carry posterior weight, grouped by image.
+def _live_rows(p, b, n_cand, n_shift, n_loc, n_classes, max_poses, compact_rows):
+    """(image x candidate, rotation) rows that carry posterior weight.
 
-    Compacted (only rows of non-zero weight) on the CPU, where the selection is free; on
-    a GPU a fixed ``min(max_poses, C n)`` rows per image, the heaviest, so that no
-    array's size depends on device values. Rows of zero weight add exactly zero.
+    Compacted (only rows of non-zero weight, grouped by image) on the CPU, where the
+    selection is free. On a GPU a fixed ``min(max_poses, C_k n)`` rows per image and
+    class, the heaviest, laid out class by class and image by image, so that no array's
+    size depends on device values and each class's rows are a plain slice. Rows of zero
+    weight add exactly zero.
 
     Returns
     -------
     live_s, live_r : (Q,) int
         Sub-problem (image x candidate) and local rotation of each row.
     rows_per_image : int or None
-        The fixed number of rows per image, or None when compacted.
+        The fixed number of rows per image and class, or None when compacted.
     """
     xp = array_module(p)
     pair = p.reshape(b, n_cand, n_shift, n_loc).sum(axis=2).reshape(b, n_cand * n_loc)
     if compact_rows if compact_rows is not None else xp is np:
         img, pos = xp.nonzero(pair > 0)
         return img * n_cand + pos // n_loc, pos % n_loc, None
-    n_rows = min(max_poses, n_cand * n_loc)
-    top, _ = pose_search.smallest(-pair, n_rows)
-    live_s = (xp.arange(b)[:, None] * n_cand + top // n_loc).ravel()
-    return live_s, (top % n_loc).ravel(), n_rows
+    per_class = n_cand // n_classes
+    n_rows = min(max_poses, per_class * n_loc)
+    live_s, live_r = [], []
+    for k in range(n_classes):
+        block = pair[:, k * per_class * n_loc : (k + 1) * per_class * n_loc]
+        top, _ = pose_search.smallest(-block, n_rows)
+        live_s.append((xp.arange(b)[:, None] * n_cand + k * per_class + top // n_loc).ravel())
+        live_r.append((top % n_loc).ravel())
+    return xp.concatenate(live_s), xp.concatenate(live_r), n_rows
 
 
 def _coarse_candidates(f_pads, y, ctf, w, band, grids, k_coarse_px, n_candidates, pad):
