@@ -122,7 +122,7 @@ def errors_per_image(terms: BatchTerms, slices):
     return terms.const[:, None, None] - 2 * cross + norm
 
 
-def top_poses(errors, k: int, log_prior=None):
+def top_poses(errors, k: int, log_prior=None, overwrite: bool = False):
     """The ``k`` best (lowest ``E - log prior``) poses per image.
 
     Parameters
@@ -131,6 +131,8 @@ def top_poses(errors, k: int, log_prior=None):
     k : int
     log_prior : (T,) real, optional
         Log prior over shifts (for example a Gaussian on the shift length).
+    overwrite : bool
+        ``errors`` may be overwritten (see :func:`smallest`).
 
     Returns
     -------
@@ -141,11 +143,11 @@ def top_poses(errors, k: int, log_prior=None):
     """
     b, t, r = errors.shape
     score = errors if log_prior is None else errors - log_prior[None, :, None]
-    idx, vals = smallest(score.reshape(b, t * r), k)
+    idx, vals = smallest(score.reshape(b, t * r), k, overwrite=overwrite or log_prior is not None)
     return idx // r, idx % r, vals
 
 
-def smallest(values, k: int):
+def smallest(values, k: int, overwrite: bool = False):
     """The ``k`` smallest entries of each row, in ascending order.
 
     Parameters
@@ -153,6 +155,9 @@ def smallest(values, k: int):
     values : (B, N) real
     k : int
         At most N are returned.
+    overwrite : bool
+        ``values`` is a temporary that may be overwritten: on a GPU this saves a copy
+        of it (numpy never writes to it).
 
     Returns
     -------
@@ -172,7 +177,7 @@ def smallest(values, k: int):
         vals = np.take_along_axis(values, idx, axis=1)
         order = np.argsort(vals, axis=1, kind="stable")
         return np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
-    work = values.copy()
+    work = values if overwrite else values.copy()
     rows = xp.arange(b)
     idx = xp.empty((b, k), dtype=xp.int64)
     vals = xp.empty((b, k), dtype=values.dtype)
@@ -257,7 +262,7 @@ def global_search(terms: BatchTerms, slice_fn, n_rotations: int, k: int, log_pri
         if log_prior is not None:
             score -= log_prior[None, :, None]
         chunk_lse = logsumexp_neg(score.reshape(b, -1))
-        ti, ri, v = top_poses(score, k)
+        ti, ri, v = top_poses(score, k, overwrite=True)  # score is not used after this
         return chunk_lse, ti, ri + start, v
 
     best_t = best_r = best_v = None
@@ -267,7 +272,7 @@ def global_search(terms: BatchTerms, slice_fn, n_rotations: int, k: int, log_pri
         if best_v is None:
             best_t, best_r, best_v = ti, ri, v
         else:
-            order, best_v = smallest(xp.concatenate([best_v, v], axis=1), k)
+            order, best_v = smallest(xp.concatenate([best_v, v], axis=1), k, overwrite=True)
             best_t = xp.take_along_axis(xp.concatenate([best_t, ti], axis=1), order, axis=1)
             best_r = xp.take_along_axis(xp.concatenate([best_r, ri], axis=1), order, axis=1)
     return SearchResult(best_t, best_r, best_v, lse)

@@ -274,7 +274,7 @@ def _live_rows(p, b, n_cand, n_shift, n_loc, n_classes, max_poses, compact_rows)
     live_s, live_r = [], []
     for k in range(n_classes):
         block = pair[:, k * per_class * n_loc : (k + 1) * per_class * n_loc]
-        top, _ = pose_search.smallest(-block, n_rows)
+        top, _ = pose_search.smallest(-block, n_rows, overwrite=True)
         live_s.append((xp.arange(b)[:, None] * n_cand + k * per_class + top // n_loc).ravel())
         live_r.append((top % n_loc).ravel())
     return xp.concatenate(live_s), xp.concatenate(live_r), n_rows
@@ -312,6 +312,6 @@ def _keep_top(p, k):
     xp = array_module(p)
     if p.shape[1] <= k:
         return p
-    cut = -pose_search.smallest(-p, k)[1][:, k - 1 : k]
+    cut = -pose_search.smallest(-p, k, overwrite=True)[1][:, k - 1 : k]
     kept = xp.where(p >= cut, p, 0)
     return kept / xp.sum(kept, axis=1, keepdims=True)
