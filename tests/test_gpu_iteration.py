@@ -182,7 +182,7 @@ def test_optimizers_on_cupy_equal_numpy(make):
 
 
 def test_engine_batch_runs_without_host_roundtrips():
-    """The engine's own batch (one class, GPU row layout) and the noise update, captured whole."""
+    """The engine's own batch (one class, GPU row layout) and the noise update, under the guard."""
     import cupy as cp
 
     from cryorecon.reconstruct.engine import SearchGrids, evaluate_batch

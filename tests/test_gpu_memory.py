@@ -3,6 +3,7 @@
 The numpy paths run everywhere; the ``gpu`` tests use a real device, a memory-pool
 limit for a real ``OutOfMemoryError``, and pinned buffers with a side stream.
 """
+import gc
 import threading
 
 import numpy as np
@@ -232,8 +233,6 @@ def test_gpu_free_bytes_and_a_chunk_that_fits():
 @pytest.mark.gpu
 def test_gpu_out_of_memory_halves_and_retries():
     import cupy as cp
-
-    import gc
 
     gc.collect()  # arrays of earlier tests still alive would leave the limit's room uncertain
     pool = cp.get_default_memory_pool()
