@@ -32,6 +32,7 @@ from cryorecon.backend import set_device
 from cryorecon.fourier import fourier_crop, fourier_pad
 from cryorecon.geometry.rotations import angular_distance_deg, random_rotations
 from cryorecon.io.mrc import read_map
+from cryorecon.preprocess import estimate_snr
 from cryorecon.reconstruct.abinitio import Abinitio, default_settings
 from cryorecon.simulate import draw_defocus_A, draw_shifts_px, simulate_images
 
@@ -104,7 +105,10 @@ def main(argv=None):
     rows = []
     for snr in args.snr:
         images, rotations, shifts, ctf = simulate(args.n, snr, args.seed + 1, volume, pixel_size_A)
-        settings = default_settings(args.n, L, pixel_size_A, seed=args.seed, max_iter=args.max_iter, **overrides)
+        # the SNR the engine's defaults see is the one estimated from the images
+        snr_est = estimate_snr(images)
+        settings = default_settings(args.n, L, pixel_size_A, snr=snr_est, seed=args.seed, max_iter=args.max_iter, **overrides)
+        print(f"SNR {snr:g}: estimated from the images {snr_est:.3f}; SGD for {settings.epochs:g} passes over the data", flush=True)
         start = Abinitio(images, pixel_size_A, ctf, settings).oracle(rotations, shifts) if args.start_from_oracle else None
         if start is not None:
             print("starting from the oracle map, not a random one", flush=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import sys
 import time
 import tomllib
@@ -595,14 +596,15 @@ class AbinitioStage:
                 raise InputError("[pipeline] stages: abinitio needs a preprocess stage before it")
         self.settings(ctx)
 
-    def settings(self, ctx):
+    def settings(self, ctx, snr=None):
+        """The run's settings; ``snr`` (estimated from the particles) sets the SGD budget."""
         from .reconstruct.abinitio import default_settings
 
         f = ctx.facts
         overrides = {**self.params, "seed": ctx.seed}
         overrides.setdefault("use_ctf", f.get("use_ctf", True))
         try:
-            return default_settings(f["n_particles"], f["working_box"], f["working_pixel_size_A"], **overrides)
+            return default_settings(f["n_particles"], f["working_box"], f["working_pixel_size_A"], snr=snr, **overrides)
         except TypeError as err:
             raise InputError(f"[abinitio]: a setting has the wrong type ({err})") from err
 
@@ -631,9 +633,12 @@ class AbinitioStage:
         from .reconstruct.abinitio import Abinitio, write_outputs
 
         set_device(ctx.device)
+        from .preprocess import estimate_snr
+
         f = ctx.facts
-        settings = self.settings(ctx)
         images, px = read_map(ctx.path("preprocessed.mrcs"))
+        snr = estimate_snr(images)
+        settings = self.settings(ctx, snr=snr)
         stack = ParticleStack.from_star(f["particles"], require_ctf=settings.use_ctf)
         ctf = stack.ctf_params() if settings.use_ctf else None
         # Resume only from a checkpoint made by this same stage on these same inputs.
@@ -654,8 +659,8 @@ class AbinitioStage:
             json.dump(key, fh)
         if resume:
             log.info("abinitio: resuming from %s", self._checkpoint(ctx))
-        log.info("abinitio: %d particles, %d px at %.3f A/px; %d iterations, batch %d, target %.1f A, %d class(es)",
-                 len(images), images.shape[-1], px, settings.max_iter, settings.batch_size, settings.target_res_A, settings.n_classes)
+        log.info("abinitio: %d particles, %d px at %.3f A/px, SNR %.3g; SGD for %.3g passes over the data, batch %d, target %.1f A, %d class(es)",
+                 len(images), images.shape[-1], px, snr, settings.epochs, settings.batch_size, settings.target_res_A, settings.n_classes)
         engine = Abinitio(images, px, ctf, settings, checkpoint_path=self._checkpoint(ctx),
                           progress=ctx.progress, original_box=f["original_box"])
         result = engine.run(resume=resume)
@@ -663,7 +668,7 @@ class AbinitioStage:
         hist = result.history.as_array()
         last = dict(zip(result.history.columns, hist[-1])) if len(hist) else {}
         log.info("abinitio: finished; final loss %.5g at %.1f A", last.get("loss", float("nan")), last.get("resolution_A", float("nan")))
-        return {"resumed": resume, "settings": asdict(settings), "main_class": main_class, "pixel_size_A": result.pixel_size_A,
+        return {"resumed": resume, "settings": asdict(settings), "snr_estimate": snr if math.isfinite(snr) else None, "main_class": main_class, "pixel_size_A": result.pixel_size_A,
                 "box": int(result.maps.shape[-1]), "iterations": int(len(hist)), "final": last}
 
 

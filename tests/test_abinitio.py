@@ -148,6 +148,24 @@ def test_defaults_scale_with_the_data():
     assert default_settings(1000, 64, 2.0).target_res_A < small.target_res_A
 
 
+def test_low_snr_stretches_the_sgd_phase_and_delays_batch_growth():
+    from cryorecon.reconstruct.abinitio import LOW_SNR, MAX_LOW_SNR_FACTOR
+
+    base = default_settings(3000, 64, 5.0)
+    for clear in (LOW_SNR, 0.5, float("inf"), float("nan")):
+        assert default_settings(3000, 64, 5.0, snr=clear) == base
+    half = default_settings(3000, 64, 5.0, snr=LOW_SNR / 2)
+    assert half.epochs == pytest.approx(2 * base.epochs, rel=1e-9)
+    assert half.adapt_after == pytest.approx(min(1.0, 2 * base.adapt_after))
+    low = default_settings(3000, 64, 5.0, snr=LOW_SNR / 100)  # capped
+    assert low.epochs == pytest.approx(MAX_LOW_SNR_FACTOR * base.epochs, rel=1e-9)
+    assert low.adapt_after == 1.0
+    changed = {k for k, v in vars(low).items() if v != getattr(base, k)}
+    assert changed == {"epochs", "adapt_after"}
+    # an explicit setting wins over the estimate
+    assert default_settings(3000, 64, 5.0, snr=0.02, epochs=3.0).epochs == 3.0
+
+
 @pytest.mark.slow
 def test_regression_close_to_true_pose_oracle():
     """1000 particles, 48 px, SNR 0.1, default settings: near the oracle; hand detected.

@@ -90,7 +90,13 @@ class AbinitioSettings:
     use_ctf: bool = True
 
 
-def default_settings(n_particles: int, box: int, pixel_size_A: float, **overrides) -> AbinitioSettings:
+# Below this SNR (:func:`cryorecon.preprocess.estimate_snr`) the SGD phase gets more steps;
+# the benchmark's SNR 0.1 data read 0.098, clear of it.
+LOW_SNR = 0.08
+MAX_LOW_SNR_FACTOR = 4.0
+
+
+def default_settings(n_particles: int, box: int, pixel_size_A: float, snr: float | None = None, **overrides) -> AbinitioSettings:
     """Settings that work on a typical data set without tuning.
 
     The target resolution defaults to the working box's Nyquist limit plus 10%; the batch
@@ -98,18 +104,32 @@ def default_settings(n_particles: int, box: int, pixel_size_A: float, **override
     image visits (between 1 and 10 passes over the data). Because the band schedule
     follows image visits, not iterations, a batch that grows adaptively makes fewer,
     more accurate steps within the same compute budget.
+
+    ``snr``, the particles' signal-to-noise ratio, stretches the SGD phase below
+    ``LOW_SNR`` by ``f = LOW_SNR / snr`` (at most 4x), and lets the batch start growing
+    only ``f`` times later in the march. Finding the fold at low SNR takes *steps*, not
+    accurate gradients: on the benchmark's ribosome at SNR 0.02 the map's correlation
+    with the truth crept from 0.4 to 0.6 over the first 240 steps of 100 images, and
+    locked onto the fold (0.89) by step 320. Four passes (about 100 steps) stayed at
+    0.4; so did 16 passes once the batch had grown (224 steps), and 12 passes in
+    batches of 400. At SNR 0.1 the default budget already ends within 7% of the
+    true-pose oracle, so it is left alone there.
     """
     s = AbinitioSettings()
     if pixel_size_A <= 0:
         raise InputError(f"pixel size {pixel_size_A} A is not positive: pass --pixel-size")
     nyquist = 2.0 * pixel_size_A
     batch = min(int(np.clip(n_particles // 30, 64, 200)), n_particles)
+    factor = 1.0
+    if snr is not None and snr < LOW_SNR:
+        factor = min(LOW_SNR / max(snr, 1e-9), MAX_LOW_SNR_FACTOR)
     s = replace(
         s,
         target_res_A=1.1 * nyquist,
         batch_size=batch,
         max_batch_size=max(min(n_particles // 4, 1000), batch),
-        epochs=float(np.clip(12000 / max(n_particles, 1), 1.0, 10.0)),
+        epochs=factor * float(np.clip(12000 / max(n_particles, 1), 1.0, 10.0)),
+        adapt_after=min(1.0, factor * s.adapt_after),
     )
     s = replace(s, start_res_A=max(s.start_res_A, 4 * nyquist), coarse_res_A=max(s.coarse_res_A, 3 * nyquist))
     unknown = set(overrides) - set(asdict(s))
