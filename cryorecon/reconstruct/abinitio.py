@@ -110,7 +110,7 @@ def default_settings(n_particles: int, box: int, pixel_size_A: float, snr: float
     only ``f`` times later in the march. Finding the fold at low SNR takes *steps*, not
     accurate gradients: on the benchmark's ribosome at SNR 0.02 the map's correlation
     with the truth crept from 0.4 to 0.6 over the first 240 steps of 100 images, and
-    locked onto the fold (0.89) by step 320. Four passes (about 100 steps) stayed at
+    locked onto the fold (0.89) by step 320. Four passes (about 70 steps) stayed at
     0.4; so did 16 passes once the batch had grown (224 steps), and 12 passes in
     batches of 400. At SNR 0.1 the default budget already ends within 7% of the
     true-pose oracle, so it is left alone there.
