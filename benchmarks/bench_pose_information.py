@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy.special import entr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_abinitio import MAP, simulate  # noqa: E402
@@ -76,7 +77,7 @@ def main(argv=None):
             p = rotation_posterior(run, f_pad, idx, band, noise)
             mass = np.sum(p * near, axis=1)
             best_near = near[np.arange(len(idx)), np.argmax(p, axis=1)]
-            entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=1)
+            entropy = np.sum(entr(p), axis=1)
             rows.append((snr, res_A, float(np.median(mass)), float(np.mean(best_near)), float(np.median(np.exp(entropy)))))
             print(f"SNR {snr:g}, band {res_A:g} A: posterior mass within {step:g} deg of the truth {rows[-1][2]:.3f} (median); "
                   f"best rotation within {step:g} deg for {rows[-1][3]:.2f} of particles; "

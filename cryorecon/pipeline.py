@@ -630,11 +630,10 @@ class AbinitioStage:
         from .backend import set_device
         from .io.mrc import read_map
         from .io.particles import ParticleStack
+        from .preprocess import estimate_snr
         from .reconstruct.abinitio import Abinitio, write_outputs
 
         set_device(ctx.device)
-        from .preprocess import estimate_snr
-
         f = ctx.facts
         images, px = read_map(ctx.path("preprocessed.mrcs"))
         snr = estimate_snr(images)

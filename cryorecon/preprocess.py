@@ -40,10 +40,10 @@ def estimate_snr(images: np.ndarray, max_images: int = 2000) -> float:
     that disc over the noise variance); on the benchmark's ribosome it reads 0.100 at
     0.1 and 0.020 at 0.02. A particle that fills the corners makes it read low.
     """
-    L = images.shape[-1]
-    y, x = np.indices((L, L)) - L // 2
-    r = np.hypot(x, y)
-    inside, corners = r < L / 2, r >= L / 2
+    from .simulate import disc_mask  # the simulator's own SNR disc
+
+    inside = disc_mask(images.shape[-1])
+    corners = ~inside
     sample = np.asarray(images[:max_images], dtype=np.float64)
     # each image's offset is its corners' mean; that estimate's own error (variance
     # sigma^2 / n) adds to every centred pixel inside and is taken from the corners
