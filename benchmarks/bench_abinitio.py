@@ -29,12 +29,12 @@ import numpy as np
 
 from cryorecon import validate
 from cryorecon.backend import set_device
-from cryorecon.fourier import fourier_crop, fourier_pad
+from cryorecon.forward.fourier import fourier_crop, fourier_pad
 from cryorecon.geometry.rotations import angular_distance_deg, random_rotations
 from cryorecon.io.mrc import read_map
-from cryorecon.preprocess import estimate_snr
+from cryorecon.reconstruct.preprocess import estimate_snr
 from cryorecon.reconstruct.abinitio import Abinitio, default_settings
-from cryorecon.simulate import draw_defocus_A, draw_shifts_px, simulate_images
+from cryorecon.simulation.simulate import draw_defocus_A, draw_shifts_px, simulate_images
 
 MAP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ribosome70S" / "ribosome70S_L64.mrc"
 

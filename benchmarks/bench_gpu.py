@@ -2,11 +2,11 @@
 
 Prints, measured in the same run:
 
-- **pose scoring** (:func:`cryorecon.pose_search.errors_shared`, and the whole
-  :func:`cryorecon.pose_search.global_search` with slice extraction, log-sum-exp and
+- **pose scoring** (:func:`cryorecon.scoring.pose_search.errors_shared`, and the whole
+  :func:`cryorecon.scoring.pose_search.global_search` with slice extraction, log-sum-exp and
   top-k) as a fraction of the rate of the bare cuBLAS GEMMs it is made of, for the same
   shapes (``(images x shifts, 2M) @ (2M, rotations)`` and ``(images, M) @ (M, rotations)``),
-  in float32 (TF32 was measured and dropped: see cryorecon.gpu_kernels);
+  in float32 (TF32 was measured and dropped: see cryorecon.backend.kernels);
 - **extraction and backprojection** throughput in slices per second (full L x L
   slices, 2x padding) for 64 and 128 px maps.
 
@@ -23,12 +23,12 @@ import numpy as np
 
 from _timing import best_time
 
-from cryorecon import pose_search
+from cryorecon.scoring import pose_search
 from cryorecon.backend import set_device
-from cryorecon.fourier import band_coords
+from cryorecon.forward.fourier import band_coords
 from cryorecon.geometry.rotations import random_rotations
-from cryorecon.gpu_memory import free_bytes, pose_chunk_size
-from cryorecon.projector import backproject, extract, full_coords, volume_ft
+from cryorecon.backend.memory import free_bytes, pose_chunk_size
+from cryorecon.forward.projector import backproject, extract, full_coords, volume_ft
 
 
 def scoring_case(xp, rng, n_images, n_shifts, L, k_px, n_rot, repeats):

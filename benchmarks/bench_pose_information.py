@@ -29,7 +29,8 @@ from scipy.special import entr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_abinitio import MAP, simulate  # noqa: E402
 
-from cryorecon import fourier, likelihood, pose_search, projector  # noqa: E402
+from cryorecon.forward import fourier, projector  # noqa: E402
+from cryorecon.scoring import likelihood, pose_search  # noqa: E402
 from cryorecon.geometry.rotations import angular_distance_deg  # noqa: E402
 from cryorecon.io.mrc import read_map  # noqa: E402
 from cryorecon.reconstruct.abinitio import Abinitio, band_limit_px, default_settings  # noqa: E402

@@ -1,7 +1,7 @@
 """Pose-scoring throughput as a fraction of this machine's own float32 GEMM rate.
 
 The hot loop of ab initio scores every (image x shift, rotation) pair with two real
-matrix products (see :mod:`cryorecon.pose_search`). This benchmark times
+matrix products (see :mod:`cryorecon.scoring.pose_search`). This benchmark times
 
 - ``errors_shared``: the two products plus the elementwise assembly of ``E``;
 - ``global_search``: the whole chunked search, with slice look-up, top-k and
@@ -22,7 +22,8 @@ import numpy as np
 
 from _timing import best_time
 
-from cryorecon import likelihood, pose_search, projector
+from cryorecon.scoring import likelihood, pose_search
+from cryorecon.forward import projector
 from cryorecon.geometry.so3_grid import so3_grid
 from cryorecon.geometry.shifts import shift_grid
 
@@ -46,7 +47,7 @@ def main(argv=None):
         y = (rng.standard_normal((args.images, m)) + 1j * rng.standard_normal((args.images, m))).astype(np.complex64)
         ctf = rng.standard_normal((args.images, m)).astype(np.float32)
         w = np.ones(m, np.float32)
-        from cryorecon.fourier import shift_phase
+        from cryorecon.forward.fourier import shift_phase
 
         phases = shift_phase(band.coords, L, shifts)
         terms = pose_search.batch_terms(y, ctf, w, phases)

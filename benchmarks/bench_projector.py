@@ -1,7 +1,7 @@
 """Projector throughput: full-grid slices per second, extraction and backprojection.
 
 Prints, for 64- and 128-px maps and a batch of rotations, the slices per second of
-:func:`cryorecon.projector.extract` and :func:`cryorecon.projector.backproject`, and
+:func:`cryorecon.forward.projector.extract` and :func:`cryorecon.forward.projector.backproject`, and
 their time relative to one batched ``fft2`` over the same number of L x L images,
 measured in the same run (so the ratio, not the absolute rate, is what to compare
 across machines). Runs on the device chosen by ``--device`` (cupy on a GPU).
@@ -18,7 +18,7 @@ from _timing import best_time
 
 from cryorecon.backend import set_device
 from cryorecon.geometry.rotations import random_rotations
-from cryorecon.projector import backproject, extract, full_coords, volume_ft
+from cryorecon.forward.projector import backproject, extract, full_coords, volume_ft
 
 
 def main(argv=None):

@@ -145,7 +145,7 @@ def _warnings_as_lines(command):
 
 
 def _cmd_simulate(args):
-    from .simulate import simulate_dataset
+    from .simulation.simulate import simulate_dataset
 
     with _warnings_as_lines("simulate"):
         summary = simulate_dataset(

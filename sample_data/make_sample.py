@@ -13,8 +13,8 @@ import numpy as np
 
 from cryorecon.io.mrc import write_map
 from cryorecon.io.star import read_particle_table, write_particle_star
-from cryorecon.phantom import chiral_phantom
-from cryorecon.simulate import simulate_dataset
+from cryorecon.simulation.phantom import chiral_phantom
+from cryorecon.simulation.simulate import simulate_dataset
 
 _POSE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst",
                  "rlnOriginX", "rlnOriginY")

@@ -4,12 +4,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cryorecon import fourier, validate
+from cryorecon.forward import fourier
+from cryorecon import validate
 from cryorecon.errors import InputError
 from cryorecon.geometry.rotations import random_rotations
-from cryorecon.phantom import chiral_phantom
+from cryorecon.simulation.phantom import chiral_phantom
 from cryorecon.reconstruct.abinitio import Abinitio, default_settings
-from cryorecon.simulate import draw_defocus_A, draw_shifts_px, simulate_images
+from cryorecon.simulation.simulate import draw_defocus_A, draw_shifts_px, simulate_images
 
 
 def _dataset(L, n, snr, seed, pixel_size_A, mirror=False):

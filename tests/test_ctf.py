@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from cryorecon.ctf import ctf_at_coords, ctf_image, ctf_values, electron_wavelength_A
-from cryorecon.fourier import band_coords, freq_grid_2d
+from cryorecon.forward.ctf import ctf_at_coords, ctf_image, ctf_values, electron_wavelength_A
+from cryorecon.forward.fourier import band_coords, freq_grid_2d
 
 BASE = dict(defocus_u_A=20000.0, defocus_v_A=20000.0, defocus_angle_deg=0.0,
             voltage_kV=300.0, cs_mm=2.7, amplitude_contrast=0.1)

@@ -2,11 +2,12 @@
 import numpy as np
 import pytest
 
-from cryorecon import fourier, likelihood, projector
+from cryorecon.forward import fourier, projector
+from cryorecon.scoring import likelihood
 from cryorecon.geometry.rotations import random_rotations
-from cryorecon.phantom import chiral_phantom
+from cryorecon.simulation.phantom import chiral_phantom
 from cryorecon.reconstruct.engine import SearchGrids, evaluate_batch
-from cryorecon.simulate import simulate_images
+from cryorecon.simulation.simulate import simulate_images
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 from _nohost import _DeviceLike, _NoHostXP
 
-from cryorecon import ctf as ctf_module
-from cryorecon import fourier, gpu_kernels, gpu_memory, likelihood, pose_search, projector
+from cryorecon.forward import ctf as ctf_module
+from cryorecon.forward import fourier, projector
+from cryorecon.backend import kernels, memory
+from cryorecon.scoring import likelihood, pose_search
 from cryorecon.geometry.rotations import random_rotations
-from cryorecon.phantom import chiral_phantom
+from cryorecon.simulation.phantom import chiral_phantom
 from cryorecon.reconstruct import engine
-from cryorecon.simulate import simulate_images
+from cryorecon.simulation.simulate import simulate_images
 
 XP = _NoHostXP()
 
@@ -37,17 +39,17 @@ def device_branch(monkeypatch):
     for module in (projector, pose_search, fourier, likelihood, engine, ctf_module):
         monkeypatch.setattr(module, "array_module", array_module)
     monkeypatch.setattr(
-        gpu_kernels, "extract", lambda vol, rot, coords, pad=2: _device(projector.extract(_host(vol), _host(rot), _host(coords), pad))
+        kernels, "extract", lambda vol, rot, coords, pad=2: _device(projector.extract(_host(vol), _host(rot), _host(coords), pad))
     )
     monkeypatch.setattr(
-        gpu_kernels,
+        kernels,
         "backproject",
         lambda values, rot, coords, shape, pad=2, real=False: _device(
             (projector.backproject_weights if real else projector.backproject)(_host(values), _host(rot), _host(coords), shape, pad)
         ),
     )
-    monkeypatch.setattr(gpu_kernels, "assemble_errors", pose_search.assemble_errors)
-    monkeypatch.setattr(gpu_memory, "free_bytes", lambda xp=None: 1 << 30)
+    monkeypatch.setattr(kernels, "assemble_errors", pose_search.assemble_errors)
+    monkeypatch.setattr(memory, "free_bytes", lambda xp=None: 1 << 30)
     return XP
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from cryorecon.fourier import (
+from cryorecon.forward.fourier import (
     band_coords,
     fft2c,
     fft3c,

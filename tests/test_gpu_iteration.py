@@ -13,7 +13,9 @@ import contextlib
 import numpy as np
 import pytest
 
-from cryorecon import fourier, likelihood, optim, pose_search, projector
+from cryorecon.forward import fourier, projector
+from cryorecon.scoring import likelihood, pose_search
+from cryorecon import optim
 from cryorecon.geometry.rotations import angular_distance_deg, random_rotations
 
 pytestmark = pytest.mark.gpu
@@ -204,9 +206,9 @@ def test_twenty_iterations_on_gpu_match_cpu_poses():
     """Same seed, same data: the GPU run picks the CPU run's pose for >= 99% of particles."""
     import cupy as cp
 
-    from cryorecon.phantom import chiral_phantom
+    from cryorecon.simulation.phantom import chiral_phantom
     from cryorecon.reconstruct.abinitio import Abinitio, default_settings
-    from cryorecon.simulate import simulate_images
+    from cryorecon.simulation.simulate import simulate_images
 
     L, n, pixel_size_A = 32, 400, 5.0
     rng = np.random.default_rng(11)

@@ -2,12 +2,13 @@
 import numpy as np
 import pytest
 
-from cryorecon import fourier, likelihood, projector
+from cryorecon.forward import fourier, projector
+from cryorecon.scoring import likelihood
 from cryorecon.geometry.rotations import random_rotations
-from cryorecon.phantom import chiral_phantom
+from cryorecon.simulation.phantom import chiral_phantom
 from cryorecon.reconstruct.abinitio import Abinitio, band_limit_px, default_settings
 from cryorecon.reconstruct.heterogeneity import split_classes, variability_subspace
-from cryorecon.simulate import simulate_images
+from cryorecon.simulation.simulate import simulate_images
 
 
 def _low_pass(v, k_px):

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from _nohost import _DeviceLike, _HostValue, _NoHostXP
 
-from cryorecon import fourier, likelihood, pose_search, projector
+from cryorecon.forward import fourier, projector
+from cryorecon.scoring import likelihood, pose_search
 from cryorecon.geometry.rotations import random_rotations
 
 

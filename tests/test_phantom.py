@@ -1,10 +1,10 @@
-"""Tests of cryorecon.phantom: a positive, compact, reproducible and chiral test map."""
+"""Tests of cryorecon.simulation.phantom: a positive, compact, reproducible and chiral test map."""
 import numpy as np
 import pytest
 
 from cryorecon.errors import InputError
 from cryorecon.geometry.rotations import random_rotations
-from cryorecon.phantom import chiral_phantom, chiral_phantom_blobs
+from cryorecon.simulation.phantom import chiral_phantom, chiral_phantom_blobs
 from cryorecon.validate import align_maps, mirror_volume, rotate_volume
 
 

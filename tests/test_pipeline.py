@@ -129,8 +129,8 @@ def test_set_paths_are_relative_to_the_working_folder(tmp_path, monkeypatch):
 def small_data(tmp_path_factory):
     """80 particles of 32 px from the chiral phantom, SNR 1, with CTF."""
     from cryorecon.io.mrc import write_map
-    from cryorecon.phantom import chiral_phantom
-    from cryorecon.simulate import simulate_dataset
+    from cryorecon.simulation.phantom import chiral_phantom
+    from cryorecon.simulation.simulate import simulate_dataset
 
     d = tmp_path_factory.mktemp("small")
     write_map(d / "phantom.mrc", chiral_phantom(32, rng=np.random.default_rng(3)), 4.0)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cryorecon import plots
+from cryorecon.report import plots
 from cryorecon.geometry.rotations import euler_to_matrix, random_rotations
-from cryorecon.phantom import chiral_phantom
-from cryorecon.projector import project
+from cryorecon.simulation.phantom import chiral_phantom
+from cryorecon.forward.projector import project
 from cryorecon.reconstruct.abinitio import History
-from cryorecon.simulate import simulate_images
+from cryorecon.simulation.simulate import simulate_images
 
 L = 32
 

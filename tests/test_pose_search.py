@@ -2,12 +2,14 @@
 import numpy as np
 import pytest
 
-from cryorecon import fourier, gpu_kernels, gpu_memory, likelihood, pose_search, projector
+from cryorecon.forward import fourier, projector
+from cryorecon.backend import kernels, memory
+from cryorecon.scoring import likelihood, pose_search
 from cryorecon.errors import InputError
 from cryorecon.geometry.rotations import angular_distance_deg
 from cryorecon.io.mrc import read_map
 from cryorecon.io.particles import ParticleStack
-from cryorecon.gpu_memory import scoring_bytes_per_rotation
+from cryorecon.backend.memory import scoring_bytes_per_rotation
 from cryorecon.reconstruct.engine import SearchGrids, evaluate_batch
 
 
@@ -158,8 +160,8 @@ def test_global_search_on_the_device_sizes_chunks_from_free_memory(monkeypatch):
     free = 2 * 10 * per + 3  # half of it holds 10 rotations
     asked = []
     monkeypatch.setattr(pose_search, "array_module", lambda *a: _NotNumpy())
-    monkeypatch.setattr(gpu_kernels, "assemble_errors", pose_search.assemble_errors)  # the arrays are numpy's
-    monkeypatch.setattr(gpu_memory, "free_bytes", lambda xp=None: asked.append(xp) or free)
+    monkeypatch.setattr(kernels, "assemble_errors", pose_search.assemble_errors)  # the arrays are numpy's
+    monkeypatch.setattr(memory, "free_bytes", lambda xp=None: asked.append(xp) or free)
     tried = []
     got = pose_search.global_search(terms, lambda a, z: tried.append(z - a) or slices[a:z], r, 3, log_prior=log_prior)
     monkeypatch.undo()

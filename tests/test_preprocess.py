@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cryorecon import fourier
-from cryorecon.ctf import ctf_image
+from cryorecon.forward import fourier
+from cryorecon.forward.ctf import ctf_image
 from cryorecon.errors import InputError
 from cryorecon.io.particles import ParticleStack
-from cryorecon.preprocess import (
+from cryorecon.reconstruct.preprocess import (
     background_mask,
     estimate_snr,
     noise_spectrum,
@@ -67,8 +67,8 @@ def test_phase_flip_gives_abs_ctf():
 @pytest.fixture(scope="module")
 def small_stack(tmp_path_factory):
     from cryorecon.io.mrc import write_map
-    from cryorecon.phantom import chiral_phantom
-    from cryorecon.simulate import simulate_dataset
+    from cryorecon.simulation.phantom import chiral_phantom
+    from cryorecon.simulation.simulate import simulate_dataset
 
     d = tmp_path_factory.mktemp("pre")
     write_map(d / "phantom.mrc", chiral_phantom(32, rng=np.random.default_rng(0)), 3.0)
@@ -93,8 +93,8 @@ def test_prepare_particles_downsamples(small_stack):
 def test_estimate_snr_reads_the_simulated_snr(snr):
     """The simulator's SNR (signal power inside the disc r < L/2 over the noise variance)."""
     from cryorecon.geometry.rotations import random_rotations
-    from cryorecon.phantom import chiral_phantom
-    from cryorecon.simulate import DEFAULT_OPTICS, draw_defocus_A, simulate_images
+    from cryorecon.simulation.phantom import chiral_phantom
+    from cryorecon.simulation.simulate import DEFAULT_OPTICS, draw_defocus_A, simulate_images
 
     rng = np.random.default_rng(4)
     L, n = 32, 1500

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import starfile
 
-from cryorecon.fourier import band_coords, fft2c, ifft2c, shift_phase
+from cryorecon.forward.fourier import band_coords, fft2c, ifft2c, shift_phase
 from cryorecon.geometry.rotations import euler_to_matrix, random_rotations
-from cryorecon.projector import (
+from cryorecon.forward.projector import (
     backproject,
     backproject_weights,
     extract,
@@ -142,7 +142,7 @@ def test_relion_project_reference(shared_data, ribosome_ft, name):
 
 def test_aspire_forward_model_with_ctf(shared_data, ribosome_ft):
     """Projection x CTF x shift reproduces ASPIRE's simulated particles (RELION 3.1 STAR)."""
-    from cryorecon.ctf import ctf_image
+    from cryorecon.forward.ctf import ctf_image
 
     d = shared_data / "aspire_ctf_shift_200"
     star = starfile.read(d / "particles.star")

@@ -1,4 +1,4 @@
-"""Tests of cryorecon.simulate and `cryorecon simulate`, against RELION and ASPIRE output."""
+"""Tests of cryorecon.simulation.simulate and `cryorecon simulate`, against RELION and ASPIRE output."""
 import mrcfile
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from cryorecon.cli import main
 from cryorecon.errors import InputError
 from cryorecon.geometry.rotations import euler_to_matrix
 from cryorecon.io.star import read_particle_table
-from cryorecon.simulate import disc_mask, simulate_dataset
+from cryorecon.simulation.simulate import disc_mask, simulate_dataset
 
 MAP = "ribosome70S/ribosome70S_L64.mrc"
 

@@ -6,8 +6,8 @@ import pytest
 
 from cryorecon.errors import InputError
 from cryorecon.geometry.rotations import angular_distance_deg, random_rotations
-from cryorecon.phantom import chiral_phantom
-from cryorecon.projector import project
+from cryorecon.simulation.phantom import chiral_phantom
+from cryorecon.forward.projector import project
 from cryorecon.validate import (
     MIRROR,
     align_maps,

@@ -20,7 +20,7 @@ def shift_grid(max_shift_px, step_px, disc=True):
     -------
     numpy float64 array (T, 2)
         Row-major over (y, x); columns are ``(x, y)`` origin offsets, the same sign
-        convention as ``rlnOriginX/Y`` and :func:`cryorecon.fourier.shift_phase`.
+        convention as ``rlnOriginX/Y`` and :func:`cryorecon.forward.fourier.shift_phase`.
 
     Examples
     --------

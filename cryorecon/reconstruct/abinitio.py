@@ -40,10 +40,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import fourier, likelihood, optim, projector
+from ..forward import fourier, projector
+from ..scoring import likelihood
+from .. import optim
 from ..backend import array_module, get_xp, to_host
 from ..errors import InputError
-from ..gpu_memory import PrefetchLoader
+from ..backend.memory import PrefetchLoader
 from .engine import SearchGrids, evaluate_batch
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,7 @@ class AbinitioSettings:
     use_ctf: bool = True
 
 
-# Below this SNR (:func:`cryorecon.preprocess.estimate_snr`) the SGD phase gets more steps;
+# Below this SNR (:func:`cryorecon.reconstruct.preprocess.estimate_snr`) the SGD phase gets more steps;
 # the benchmark's SNR 0.1 data read 0.098, clear of it.
 LOW_SNR = 0.08
 MAX_LOW_SNR_FACTOR = 4.0
@@ -238,7 +240,7 @@ class Abinitio:
         Particles, normalised, at the working box.
     pixel_size_A : float
     ctf_params : dict of (N,) arrays, or None
-        Keys of :func:`cryorecon.ctf.ctf_values`; None when the data have no CTF.
+        Keys of :func:`cryorecon.forward.ctf.ctf_values`; None when the data have no CTF.
     settings : AbinitioSettings
     checkpoint_path : path, optional
         Where to checkpoint every ``settings.checkpoint_every`` iterations.
@@ -306,9 +308,9 @@ class Abinitio:
             return self._staged
         images = self.images
         if xp is not np and not self.stream_particles:
-            from .. import gpu_memory
+            from ..backend import memory
 
-            if self.images.nbytes <= 0.25 * gpu_memory.free_bytes(xp):
+            if self.images.nbytes <= 0.25 * memory.free_bytes(xp):
                 images = xp.asarray(self.images)
         params = None if self.ctf_params is None else {k: xp.asarray(np.asarray(v), dtype=xp.float64) for k, v in self.ctf_params.items()}
         self._staged = (images, params)

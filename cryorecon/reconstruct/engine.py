@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import fourier, likelihood, pose_search, projector
+from ..forward import fourier, projector
+from ..scoring import likelihood, pose_search
 from ..backend import array_module
 from ..geometry.so3_grid import local_grid, so3_grid
 from ..geometry.shifts import shift_grid

@@ -29,7 +29,7 @@ import logging
 import numpy as np
 from scipy.cluster.vq import kmeans2
 
-from .. import fourier, projector
+from ..forward import fourier, projector
 from ..backend import array_module, to_host
 
 log = logging.getLogger(__name__)

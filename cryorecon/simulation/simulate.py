@@ -27,15 +27,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .backend import get_xp, to_host
-from .ctf import ctf_image
-from .errors import InputError
-from .fourier import ifft2c, shift_phase
-from .geometry.rotations import euler_to_matrix, matrix_to_euler, random_rotations
-from .io.mrc import read_map, write_map, write_stack
-from .io.particles import CTF_KEYS
-from .io.star import read_particle_table, write_particle_star
-from .projector import extract, full_coords, volume_ft
+from ..backend import get_xp, to_host
+from ..forward.ctf import ctf_image
+from ..errors import InputError
+from ..forward.fourier import ifft2c, shift_phase
+from ..geometry.rotations import euler_to_matrix, matrix_to_euler, random_rotations
+from ..io.mrc import read_map, write_map, write_stack
+from ..io.particles import CTF_KEYS
+from ..io.star import read_particle_table, write_particle_star
+from ..forward.projector import extract, full_coords, volume_ft
 
 #: CTF defaults for drawn particles: a typical 300 kV microscope.
 DEFAULT_OPTICS = {"voltage_kV": 300.0, "cs_mm": 2.7, "amplitude_contrast": 0.1}
@@ -74,7 +74,7 @@ def simulate_images(volume, rotations, shifts_px=None, ctf_params=None, pixel_si
         RELION origin offsets ``(rlnOriginX, rlnOriginY)`` in pixels; the particle
         centre lands at pixel ``L//2 - o``.
     ctf_params : dict, optional
-        Keyword arguments of :func:`cryorecon.ctf.ctf_values` with per-particle arrays
+        Keyword arguments of :func:`cryorecon.forward.ctf.ctf_values` with per-particle arrays
         (N,) or scalars (e.g. ``defocus_u_A``, ``defocus_v_A``, ``voltage_kV``). None: no
         CTF.
     pixel_size_A : float, optional

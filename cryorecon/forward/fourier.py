@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import array_module
+from ..backend import array_module
 
 
 def _axes(ndim):

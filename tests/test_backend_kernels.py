@@ -1,4 +1,4 @@
-"""gpu_kernels: the CUDA extraction/backprojection kernels against the numpy projector.
+"""backend.kernels: the CUDA extraction/backprojection kernels against the numpy projector.
 
 Without a GPU the kernel source still runs here: compiled as C++ for one thread that
 walks the whole grid-stride loop, it must agree with the numpy reference, so a wrong
@@ -13,11 +13,11 @@ import sys
 import numpy as np
 import pytest
 
-from cryorecon import gpu_kernels
-from cryorecon.fourier import band_coords
+from cryorecon.backend import kernels
+from cryorecon.forward.fourier import band_coords
 from cryorecon.geometry.rotations import random_rotations
-from cryorecon.pose_search import BatchTerms, batch_terms, errors_shared
-from cryorecon.projector import backproject, backproject_weights, extract, full_coords, volume_ft
+from cryorecon.scoring.pose_search import BatchTerms, batch_terms, errors_shared
+from cryorecon.forward.projector import backproject, backproject_weights, extract, full_coords, volume_ft
 
 _HOST_PRELUDE = r"""
 #include <math.h>
@@ -41,7 +41,7 @@ def host_kernels(tmp_path_factory):
         pytest.skip("no C++ compiler to run the kernel source on the CPU")
     d = tmp_path_factory.mktemp("kernels")
     src = d / "kernels.cpp"
-    src.write_text(_HOST_PRELUDE + gpu_kernels._SOURCE)
+    src.write_text(_HOST_PRELUDE + kernels._SOURCE)
     libs = {}
     for real in ("float", "double"):
         for parts in (1, 2):
@@ -131,7 +131,7 @@ def test_kernel_source_skips_zero_rows_without_changing_the_sum(host_kernels):
 
 
 def test_module_does_not_import_cupy():
-    code = "import sys, cryorecon.gpu_kernels, cryorecon.gpu_memory, cryorecon.projector; print('cupy' in sys.modules)"
+    code = "import sys, cryorecon.backend.kernels, cryorecon.backend.memory, cryorecon.forward.projector; print('cupy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "False"
 
@@ -189,8 +189,8 @@ def test_gpu_kernels_handle_empty_and_large_launches(monkeypatch):
     # real cap (2^20 blocks) would need 2^28 pairs, so the test lowers it.
     R = random_rotations(300, rng)
     one_grid = extract(F, R, coords)
-    monkeypatch.setattr(gpu_kernels, "_MAX_BLOCKS", 7)
-    assert one_grid.size > 7 * gpu_kernels._THREADS * 100
+    monkeypatch.setattr(kernels, "_MAX_BLOCKS", 7)
+    assert one_grid.size > 7 * kernels._THREADS * 100
     strided = extract(F, R, coords)
     np.testing.assert_array_equal(cp.asnumpy(strided), cp.asnumpy(one_grid))
     y = cp.asarray(rng.standard_normal(one_grid.shape) + 1j * rng.standard_normal(one_grid.shape), dtype=cp.complex64)
@@ -202,7 +202,7 @@ def test_gpu_kernels_handle_empty_and_large_launches(monkeypatch):
 
 def _scoring_problem(cp, n_images=16, L=48, k_px=12.0, n_rot=600, snr=0.5, seed=7):
     """Noisy slices of a random map, and the search terms with a 5 x 5 shift grid."""
-    from cryorecon.fourier import shift_phase
+    from cryorecon.forward.fourier import shift_phase
 
     rng = np.random.default_rng(seed)
     V = rng.standard_normal((L, L, L)).astype(np.float32)

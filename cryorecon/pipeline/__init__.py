@@ -35,8 +35,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from . import __version__
-from .errors import InputError
+from .. import __version__
+from ..errors import InputError
 
 log = logging.getLogger("cryorecon.pipeline")
 
@@ -220,7 +220,7 @@ class Pipeline:
         return record
 
     def _write_record(self, record):
-        from .io.atomic import atomic_open
+        from ..io.atomic import atomic_open
 
         with atomic_open(self._record_path(), "w") as fh:
             json.dump(record, fh, indent=1, sort_keys=False)
@@ -228,7 +228,7 @@ class Pipeline:
     # ------------------------------------------------------------------ running
     def check(self):
         """Every stage checks its config, in order, before any work."""
-        from .backend import set_device
+        from ..backend import set_device
 
         set_device(self.ctx.device)
         for stage in self.stages:
@@ -411,7 +411,7 @@ class SimulateStage:
             path = ctx.config_path(p["map"])
             if not path.is_file():
                 raise InputError(f"[simulate] map = {p['map']!r}: {path} does not exist: fix the path or use \"phantom\"")
-            from .io.mrc import read_header_info
+            from ..io.mrc import read_header_info
 
             shape = read_header_info(path)["shape"]
             box = shape[-1]
@@ -437,9 +437,9 @@ class SimulateStage:
     def run(self, ctx):
         import tempfile
 
-        from .io.mrc import write_map
-        from .phantom import chiral_phantom
-        from .simulate import simulate_dataset
+        from ..io.mrc import write_map
+        from ..simulation.phantom import chiral_phantom
+        from ..simulation.simulate import simulate_dataset
 
         p = self.params
         with tempfile.TemporaryDirectory() as tmp:
@@ -480,7 +480,7 @@ class PreprocessStage:
         raise InputError("[preprocess] particles: name the particle STAR file, e.g. particles = \"data/particles.star\"")
 
     def open_stack(self, ctx):
-        from .io.particles import ParticleStack
+        from ..io.particles import ParticleStack
 
         p = self.params
         px = p["pixel_size_override_A"] if p["pixel_size_override_A"] is not None else p["pixel_size_A"]
@@ -521,7 +521,7 @@ class PreprocessStage:
     @staticmethod
     def _star_pixel_size(star, stack) -> float | None:
         """The STAR file's own pixel size (else the stack header's), ignoring any override."""
-        from .io.star import read_particle_table
+        from ..io.star import read_particle_table
 
         df = read_particle_table(star).particles
         if "rlnImagePixelSize" in df.columns:
@@ -530,7 +530,7 @@ class PreprocessStage:
 
     def working_box(self, box) -> int:
         """The configured working box; ``"auto"``: min(box, 64) on a CPU, min(box, 128) on a GPU."""
-        from .backend import current_device
+        from ..backend import current_device
 
         wb = self.params["working_box"]
         if wb == "auto":
@@ -550,8 +550,8 @@ class PreprocessStage:
         return [ctx.path("preprocessed.mrcs")]
 
     def run(self, ctx):
-        from .io.mrc import write_stack
-        from .preprocess import phase_flip, prepare_particles
+        from ..io.mrc import write_stack
+        from ..reconstruct.preprocess import phase_flip, prepare_particles
 
         p = self.params
         stack = self.open_stack(ctx)
@@ -583,7 +583,7 @@ class AbinitioStage:
     name = "abinitio"
 
     def __init__(self, table):
-        from .reconstruct.abinitio import AbinitioSettings
+        from ..reconstruct.abinitio import AbinitioSettings
 
         allowed = {k: None for k in asdict(AbinitioSettings())}
         allowed.pop("seed")
@@ -598,7 +598,7 @@ class AbinitioStage:
 
     def settings(self, ctx, snr=None):
         """The run's settings; ``snr`` (estimated from the particles) sets the SGD budget."""
-        from .reconstruct.abinitio import default_settings
+        from ..reconstruct.abinitio import default_settings
 
         f = ctx.facts
         overrides = {**self.params, "seed": ctx.seed}
@@ -627,11 +627,11 @@ class AbinitioStage:
             p.unlink(missing_ok=True)
 
     def run(self, ctx):
-        from .backend import set_device
-        from .io.mrc import read_map
-        from .io.particles import ParticleStack
-        from .preprocess import estimate_snr
-        from .reconstruct.abinitio import Abinitio, write_outputs
+        from ..backend import set_device
+        from ..io.mrc import read_map
+        from ..io.particles import ParticleStack
+        from ..reconstruct.preprocess import estimate_snr
+        from ..reconstruct.abinitio import Abinitio, write_outputs
 
         set_device(ctx.device)
         f = ctx.facts
@@ -652,7 +652,7 @@ class AbinitioStage:
             if not resume:
                 log.info("abinitio: checkpoint from other settings or inputs; starting afresh")
                 self.forget(ctx)
-        from .io.atomic import atomic_open
+        from ..io.atomic import atomic_open
 
         with atomic_open(marker, "w") as fh:
             json.dump(key, fh)
@@ -706,7 +706,7 @@ class CompareStage:
         if self.params["truth_star"] is not None and not ts.is_file():
             raise InputError(f"[compare] truth_star = {self.params['truth_star']!r}: {ts} does not exist: fix the path")
         if ref.is_file():
-            from .io.mrc import read_header_info
+            from ..io.mrc import read_header_info
 
             shape = read_header_info(ref)["shape"]
             if len(shape) != 3 or len(set(shape)) != 1:
@@ -720,10 +720,10 @@ class CompareStage:
         return [ctx.path("map_aligned.mrc"), ctx.path("fsc.csv"), ctx.path("fsc.png")]
 
     def run(self, ctx):
-        from . import validate
-        from .fourier import fourier_crop
-        from .io.mrc import read_map, write_map
-        from .io.particles import ParticleStack
+        from .. import validate
+        from ..forward.fourier import fourier_crop
+        from ..io.mrc import read_map, write_map
+        from ..io.particles import ParticleStack
 
         vol, px = read_map(ctx.path("map.mrc"))
         ref, ref_px = read_map(self.reference(ctx))
@@ -753,7 +753,7 @@ class CompareStage:
             est = ParticleStack.from_star(ctx.path("particles.star"), require_ctf=False).rotations
             true = ParticleStack.from_star(ts, require_ctf=False).rotations
             if est is not None and true is not None and len(est) == len(true):
-                from .geometry.rotations import angular_distance_deg
+                from ..geometry.rotations import angular_distance_deg
 
                 err = angular_distance_deg(validate.map_poses(est, info), true)
                 out.update(pose_error_median_deg=float(np.median(err)), pose_error_mean_deg=float(np.mean(err)),
@@ -790,9 +790,9 @@ class PlotsStage:
         return [ctx.path("loss.png"), ctx.path("slices.png"), ctx.path("projections.png")]
 
     def run(self, ctx):
-        from . import plots
-        from .io.mrc import read_map
-        from .io.particles import ParticleStack
+        from ..report import plots
+        from ..io.mrc import read_map
+        from ..io.particles import ParticleStack
 
         history = plots.read_history_csv(ctx.path("history.csv"))
         plots.plot_history(ctx.path("loss.png"), history)
@@ -803,7 +803,7 @@ class PlotsStage:
             aligned, _ = read_map(compared[0])
             ref, _ = read_map(compared[1])
             if ref.shape[0] > vol.shape[0]:  # compare put it on the map's grid the same way
-                from .fourier import fourier_crop
+                from ..forward.fourier import fourier_crop
 
                 ref = fourier_crop(ref, vol.shape[0], ndim=3)
             if ref.shape == vol.shape:
@@ -841,7 +841,7 @@ class ReportStage:
         return [ctx.path("report.md")]
 
     def run(self, ctx):
-        from .report import write_report
+        from ..report.markdown import write_report
 
         record_path = ctx.path(RECORD_NAME)
         record = json.loads(record_path.read_text()) if record_path.exists() else {"stages": {}}

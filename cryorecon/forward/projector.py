@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import gpu_kernels
-from .backend import array_module
+from ..backend import kernels
+from ..backend import array_module
 from .fourier import fft3c, freq_grid_2d, ifft2c, ifft3c
 
 # Interpolation points handled per chunk. Each point needs ~100 bytes of temporaries;
@@ -160,7 +160,7 @@ def extract(vol_ft, rotations, coords, pad=2):
     """
     xp = array_module(vol_ft)
     if xp is not np:
-        return gpu_kernels.extract(vol_ft, rotations, coords, pad)
+        return kernels.extract(vol_ft, rotations, coords, pad)
     pL = vol_ft.shape[-1]
     dtype = _real_dtype(vol_ft)
     rotations = np.asarray(rotations) if array_module(rotations) is np else rotations
@@ -225,8 +225,8 @@ def _scatter(values, rotations, coords, shape, pad, real):
                 acc[1] += np.bincount(idx, weights=np.concatenate([(part.imag * w).ravel() for _, w in corners]), minlength=n)
         out = acc[0].astype(values.dtype) if real else (acc[0] + 1j * acc[1]).astype(values.dtype)
         return out.reshape(shape)
-    # One thread per (rotation, frequency) with atomic adds: see gpu_kernels.
-    return gpu_kernels.backproject(values, rot_all, coords, shape, pad, real=real)
+    # One thread per (rotation, frequency) with atomic adds: see kernels.
+    return kernels.backproject(values, rot_all, coords, shape, pad, real=real)
 
 
 def backproject(values, rotations, coords, shape, pad=2):

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import fourier
-from .errors import InputError
+from ..forward import fourier
+from ..errors import InputError
 
 
 def background_mask(L: int, particle_diameter_px: float) -> np.ndarray:
@@ -40,7 +40,7 @@ def estimate_snr(images: np.ndarray, max_images: int = 2000) -> float:
     that disc over the noise variance); on the benchmark's ribosome it reads 0.100 at
     0.1 and 0.020 at 0.02. A particle that fills the corners makes it read low.
     """
-    from .simulate import disc_mask  # the simulator's own SNR disc
+    from ..simulation.simulate import disc_mask  # the simulator's own SNR disc
 
     inside = disc_mask(images.shape[-1])
     corners = ~inside
@@ -90,7 +90,7 @@ def phase_flip(images: np.ndarray, ctf_params: dict, pixel_size_A: float, batch_
         is in Angstrom, so ``pixel_size_A`` must be the images' own (after any crop).
     pixel_size_A : float
     """
-    from .ctf import ctf_image
+    from ..forward.ctf import ctf_image
 
     out = np.empty(images.shape, dtype=np.float32)
     L = images.shape[-1]

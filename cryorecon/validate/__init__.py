@@ -31,8 +31,8 @@ from scipy import fft as sp_fft
 from scipy import ndimage, optimize
 from scipy.spatial.transform import Rotation
 
-from .errors import InputError
-from .io.atomic import atomic_open, atomic_write
+from ..errors import InputError
+from ..io.atomic import atomic_open, atomic_write
 
 MIRROR = np.diag([1.0, 1.0, -1.0])  # J: z -> -z about the centre, in (x, y, z)
 
@@ -145,9 +145,9 @@ def soft_spherical_mask(L, radius_px=None, *, radius_A=None, pixel_size_A=None, 
 
     Give the radius either in pixels or, with ``pixel_size_A``, in Angstrom. The default
     radius is ``L / 2 - width_px``, so the soft edge ends inside the box. The shape is
-    :func:`cryorecon.fourier.soft_sphere_mask`'s.
+    :func:`cryorecon.forward.fourier.soft_sphere_mask`'s.
     """
-    from . import fourier
+    from ..forward import fourier
 
     if radius_A is not None:
         if not pixel_size_A:
@@ -401,14 +401,14 @@ def align_maps(
 
     Examples
     --------
-    >>> from cryorecon.phantom import chiral_phantom
+    >>> from cryorecon.simulation.phantom import chiral_phantom
     >>> ref = chiral_phantom(24, rng=0)
     >>> moving = mirror_volume(ref)
     >>> aligned, info = align_maps(moving, ref)   # doctest: +SKIP
     >>> info["mirrored"]                         # doctest: +SKIP
     True
     """
-    from .geometry.so3_grid import so3_grid
+    from ..geometry.so3_grid import so3_grid
 
     mov, ref = _cubic_pair(moving, reference, "align_maps")
     L = mov.shape[0]
@@ -506,7 +506,7 @@ def pose_error_deg(est_rotations, true_rotations, alignment_info):
     alignment_info : dict
         The ``info`` returned by :func:`align_maps` (uses ``matrix``).
     """
-    from .geometry.rotations import angular_distance_deg
+    from ..geometry.rotations import angular_distance_deg
 
     mapped = map_poses(est_rotations, alignment_info)
     return float(np.median(angular_distance_deg(mapped, np.asarray(true_rotations, dtype=np.float64))))

@@ -1,4 +1,4 @@
-"""gpu_memory: chunk sizing, halving on out-of-memory, and the double-buffered loader.
+"""backend.memory: chunk sizing, halving on out-of-memory, and the double-buffered loader.
 
 The numpy paths run everywhere; the ``gpu`` tests use a real device, a memory-pool
 limit for a real ``OutOfMemoryError``, and pinned buffers with a side stream.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cryorecon.errors import InputError
-from cryorecon.gpu_memory import (
+from cryorecon.backend.memory import (
     PrefetchLoader,
     free_bytes,
     map_chunks,

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import gpu_kernels, gpu_memory
-from .backend import array_module
+from ..backend import kernels, memory
+from ..backend import array_module
 
 
 @dataclass
@@ -94,14 +94,14 @@ def errors_shared(terms: BatchTerms, slices):
     # cost as much as the GEMM itself, so no temporaries of that size are made
     err = (terms.cross_lhs.reshape(b * t, m2) @ p_cat.T).reshape(b, t, -1)
     norm = terms.norm_lhs @ p_abs2.T
-    assemble = assemble_errors if array_module(err) is np else gpu_kernels.assemble_errors
+    assemble = assemble_errors if array_module(err) is np else kernels.assemble_errors
     return assemble(err, norm, terms.const)
 
 
 def assemble_errors(cross, norm, const):
     """``cross <- -2 cross + norm[:, None, :] + const[:, None, None]``, in place.
 
-    The reference for :func:`cryorecon.gpu_kernels.assemble_errors`, which does it in
+    The reference for :func:`cryorecon.backend.kernels.assemble_errors`, which does it in
     one pass.
     """
     cross *= -2
@@ -242,10 +242,10 @@ def global_search(terms: BatchTerms, slice_fn, n_rotations: int, k: int, log_pri
     chunk : int, optional
         Rotations per chunk. By default, on numpy :func:`rotation_chunk`; on cupy the
         largest that fits half the free device memory
-        (:func:`cryorecon.gpu_memory.pose_chunk_size`).
+        (:func:`cryorecon.backend.memory.pose_chunk_size`).
     oom_errors : tuple of exception types, optional
         What counts as out of memory (default
-        :func:`cryorecon.gpu_memory.oom_errors`). A chunk that raises one is halved
+        :func:`cryorecon.backend.memory.oom_errors`). A chunk that raises one is halved
         and scored again, and the later chunks keep the smaller size.
     """
     xp = array_module(terms.const)
@@ -255,7 +255,7 @@ def global_search(terms: BatchTerms, slice_fn, n_rotations: int, k: int, log_pri
             chunk = rotation_chunk(b, t, m2 // 2)
         else:
             itemsize = terms.cross_lhs.dtype.itemsize
-            chunk = gpu_memory.pose_chunk_size(gpu_memory.free_bytes(xp), b, t, m2 // 2, n_rotations=n_rotations, itemsize=itemsize)
+            chunk = memory.pose_chunk_size(memory.free_bytes(xp), b, t, m2 // 2, n_rotations=n_rotations, itemsize=itemsize)
 
     def score_chunk(start, stop):
         score = errors_shared(terms, slice_fn(start, stop))
@@ -267,7 +267,7 @@ def global_search(terms: BatchTerms, slice_fn, n_rotations: int, k: int, log_pri
 
     best_t = best_r = best_v = None
     lse = None
-    for _start, _stop, (chunk_lse, ti, ri, v) in gpu_memory.map_chunks(score_chunk, n_rotations, chunk, errors=oom_errors):
+    for _start, _stop, (chunk_lse, ti, ri, v) in memory.map_chunks(score_chunk, n_rotations, chunk, errors=oom_errors):
         lse = chunk_lse if lse is None else xp.logaddexp(lse, chunk_lse)
         if best_v is None:
             best_t, best_r, best_v = ti, ri, v

@@ -13,7 +13,7 @@ marginalised: the negative log-likelihood of an image is
 The gradient with respect to a slice value ``P`` (packed as ``d/dRe + i d/dIm``) is
 ``2 w C (C P - conj(S) Y)``; posterior-weighted and backprojected through the exact
 adjoint of slice extraction it is the gradient with respect to the padded transform, and
-:func:`cryorecon.projector.volume_ft_adjoint` carries it to the voxels.
+:func:`cryorecon.forward.projector.volume_ft_adjoint` carries it to the voxels.
 """
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ctf as ctf_model
-from . import fourier, pose_search, projector
-from .backend import array_module
+from ..forward import ctf as ctf_model
+from ..forward import fourier, projector
+from . import pose_search
+from ..backend import array_module
 
 
 @dataclass
@@ -223,7 +224,7 @@ def marginal_nll_and_grad(volume, images, pixel_size_A, ctf_params, rotations, s
     images : (B, L, L) real
     pixel_size_A : float
     ctf_params : dict or None
-        Per-image CTF parameters for :func:`cryorecon.ctf.ctf_values`.
+        Per-image CTF parameters for :func:`cryorecon.forward.ctf.ctf_values`.
     rotations : (R, 3, 3)
     shifts_px : (T, 2)
         Origin offsets ``(ox, oy)`` in pixels (RELION convention).

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .io.atomic import atomic_open
+from ..io.atomic import atomic_open
 
 #: Figures, in the order shown, with their captions.
 FIGURES = (

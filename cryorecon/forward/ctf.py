@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import array_module
+from ..backend import array_module
 from .fourier import freq_grid_2d
 
 
@@ -119,7 +119,7 @@ def ctf_at_coords(coords, L, pixel_size_A, dtype=np.float32, **params):
     """CTF at integer frequencies ``coords`` (M, 2) of the L-grid: (N, M).
 
     ``coords`` holds ``(kx, ky)`` pixel frequencies as from
-    :func:`cryorecon.fourier.band_coords`; the result is on its device.
+    :func:`cryorecon.forward.fourier.band_coords`; the result is on its device.
     """
     xp = array_module(coords)
     c = xp.asarray(coords).astype(dtype) * (1.0 / (L * pixel_size_A))

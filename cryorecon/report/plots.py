@@ -9,7 +9,7 @@ import csv
 
 import numpy as np
 
-from .io.atomic import atomic_write
+from ..io.atomic import atomic_write
 
 
 def _pyplot():
@@ -187,7 +187,7 @@ def view_average(images, rotations, shifts_px, index: int, tolerance_deg: float,
     members = members[np.argsort(angle[members], kind="stable")][:max_members]
     stack = np.asarray(images[members], dtype=np.float32)
     if ctf_params is not None:
-        from .preprocess import phase_flip
+        from ..reconstruct.preprocess import phase_flip
 
         stack = phase_flip(stack, {k: np.asarray(v)[members] for k, v in ctf_params.items()}, pixel_size_A)
     deltas = inplane_angle_rad(rotations[members], rotations[index])
@@ -228,7 +228,7 @@ def plot_projections(path, volume, rotations, shifts_px, images, pixel_size_A, c
         Per view: the reference particle, the number averaged and the correlation of the
         average with the projection.
     """
-    from .projector import project
+    from ..forward.projector import project
 
     plt = _pyplot()
     rng = rng if rng is not None else np.random.default_rng(0)

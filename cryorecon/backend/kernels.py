@@ -2,7 +2,7 @@
 
 :func:`extract` (trilinear slice extraction) and :func:`backproject` (its exact
 adjoint, a scatter-add with atomics) are ``cupy.RawKernel`` versions of the vectorised
-``xp`` code in :mod:`cryorecon.projector`, which stays the reference they are tested
+``xp`` code in :mod:`cryorecon.forward.projector`, which stays the reference they are tested
 against. One thread handles one (rotation, frequency) pair: it computes the point
 ``pL//2 + pad * A^T (kx, ky, 0)`` and its eight trilinear weights in registers, where
 the ``xp`` path materialises eight index and eight weight arrays per chunk; that memory
@@ -29,7 +29,7 @@ import functools
 
 import numpy as np
 
-from .backend import array_module
+from . import array_module
 
 _THREADS = 256
 # Grid-stride loops cover any (R, M); more blocks than this only adds launch overhead.
@@ -178,7 +178,7 @@ def extract(vol_ft, rotations, coords, pad=2):
     Returns
     -------
     cupy array (R, M), dtype of ``vol_ft``
-        Neighbours off the grid count as 0, as in :func:`cryorecon.projector.extract`.
+        Neighbours off the grid count as 0, as in :func:`cryorecon.forward.projector.extract`.
     """
     xp = array_module(vol_ft)
     pL = int(vol_ft.shape[-1])
@@ -201,7 +201,7 @@ def backproject(values, rotations, coords, shape, pad=2, real=False):
     ----------
     values : cupy array (R, M)
         Complex values, or real ones when ``real`` is True (only the real part is used
-        then, as in :func:`cryorecon.projector.backproject_weights`).
+        then, as in :func:`cryorecon.forward.projector.backproject_weights`).
     rotations : array (R, 3, 3)
     coords : int array (M, 2)
     shape : tuple (pL, pL, pL)
@@ -246,7 +246,7 @@ def _assemble_kernel():
 def assemble_errors(cross, norm, const):
     """``cross <- -2 cross + norm[:, None, :] + const[:, None, None]``, in place, in one pass.
 
-    The cupy version of :func:`cryorecon.pose_search.assemble_errors`. At coarse bands
+    The cupy version of :func:`cryorecon.scoring.pose_search.assemble_errors`. At coarse bands
     the three separate passes over the (B, T, R) block took as long as the GEMM that
     fills it (bench_gpu on an H200: scoring at 0.45 of the bare GEMM rate, 0.66 fused).
     """

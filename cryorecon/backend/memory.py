@@ -23,7 +23,7 @@ import threading
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 # Float32 copies of the (images x shifts) block that scoring one rotation keeps alive at
 # its peak: the cross GEMM's output, the assembled errors, the score with the log prior,

@@ -15,7 +15,7 @@ import os
 
 import numpy
 
-from .errors import InputError
+from ..errors import InputError
 
 DEVICES = ("auto", "cpu", "gpu")
 _state = {"xp": None, "device": None}
