@@ -6,7 +6,7 @@ from cryorecon.forward import fourier, projector
 from cryorecon.scoring import likelihood
 from cryorecon.geometry.rotations import random_rotations
 from cryorecon.simulation.phantom import chiral_phantom
-from cryorecon.reconstruct.engine import SearchGrids, evaluate_batch
+from cryorecon.reconstruct.engine import SearchGrids, SearchOptions, evaluate_batch
 from cryorecon.simulation.simulate import simulate_images
 
 
@@ -35,8 +35,8 @@ def test_fixed_rows_equal_compacted_rows(batch, n_groups, n_classes):
     b = batch
     f_pads = [b["f_pad"], b["f_pad2"]][:n_classes]
     args = (f_pads, b["y"], b["ctf"], b["noise"], b["band"], b["grids"], b["band"].k_max_px / 2)
-    compact = evaluate_batch(*args, n_groups=n_groups, compact_rows=True)
-    fixed = evaluate_batch(*args, n_groups=n_groups, compact_rows=False)
+    compact = evaluate_batch(*args, SearchOptions(n_groups=n_groups, compact_rows=True))
+    fixed = evaluate_batch(*args, SearchOptions(n_groups=n_groups, compact_rows=False))
     np.testing.assert_array_equal(fixed.best_rotation, compact.best_rotation)
     np.testing.assert_array_equal(fixed.best_class, compact.best_class)
     assert float(fixed.nll) == pytest.approx(float(compact.nll), rel=1e-6)
@@ -61,8 +61,8 @@ def test_two_identical_classes_share_every_image_evenly(batch):
     rot, shifts = b["rotations"].astype(np.float32), np.zeros((len(b["rotations"]), 2), np.float32)
     args = (b["y"], b["ctf"], b["noise"], b["band"], b["grids"], b["band"].k_max_px / 2)
     # no cap on poses per image: two classes have twice as many, and a cap would cut them differently
-    one = evaluate_batch([b["f_pad"]], *args, local_poses=(rot, shifts), max_poses=10**6)
-    two = evaluate_batch([b["f_pad"], b["f_pad"]], *args, local_poses=(rot, shifts), max_poses=10**6)
+    one = evaluate_batch([b["f_pad"]], *args, SearchOptions(max_poses=10**6), local_poses=(rot, shifts))
+    two = evaluate_batch([b["f_pad"], b["f_pad"]], *args, SearchOptions(max_poses=10**6), local_poses=(rot, shifts))
     np.testing.assert_allclose(two.class_probability, 0.5, atol=1e-6)
     scale = np.abs(one.grad[0]).max()
     for k in (0, 1):

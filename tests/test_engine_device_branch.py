@@ -83,7 +83,7 @@ def _batch(xp, volume, images, params, L, px, n_classes=1):
     # a second class: the same map mirrored, so that the two really compete
     f_pads = [projector.volume_ft(put(v.astype(np.float32))) for v in (volume, volume[::-1].copy())[:n_classes]]
     assert isinstance(f_pads[0], _DeviceLike) == (xp is XP)
-    out = engine.evaluate_batch(f_pads, y, ctf, noise, band, grids, band.k_max_px / 2, n_groups=2, compact_rows=False)
+    out = engine.evaluate_batch(f_pads, y, ctf, noise, band, grids, band.k_max_px / 2, engine.SearchOptions(n_groups=2, compact_rows=False))
     noise.update(band, out.residual_power)
     return out, noise
 
@@ -139,4 +139,4 @@ def test_the_stand_in_catches_a_host_value(device_branch):
     grids = engine.SearchGrids.make(XP, coarse_step_deg=30.0, max_shift_px=2.0, shift_step_px=2.0)
     f_pad = projector.volume_ft(_device(volume.astype(np.float32)))
     with pytest.raises(AssertionError, match="data-dependent|host"):
-        engine.evaluate_batch([f_pad], y, ctf, noise, band, grids, band.k_max_px / 2, compact_rows=True)
+        engine.evaluate_batch([f_pad], y, ctf, noise, band, grids, band.k_max_px / 2, engine.SearchOptions(compact_rows=True))

@@ -46,7 +46,7 @@ from .. import optim
 from ..backend import array_module, get_xp, to_host
 from ..errors import InputError
 from ..backend.memory import PrefetchLoader
-from .engine import SearchGrids, evaluate_batch
+from .engine import SearchGrids, SearchOptions, evaluate_batch
 
 log = logging.getLogger(__name__)
 
@@ -394,9 +394,8 @@ class Abinitio:
             y, ctf = self.batch_data(idx, band, idx_device)
             f_pads = [projector.volume_ft(m, pad=s.pad) for m in maps]
             groups = s.n_groups if s.adaptive_batch else 0
-            out = evaluate_batch(
-                f_pads, y, ctf, noise, band, self.grids, k_coarse, s.n_candidates, s.pad, n_groups=groups
-            )
+            options = SearchOptions(n_candidates=s.n_candidates, pad=s.pad, n_groups=groups)
+            out = evaluate_batch(f_pads, y, ctf, noise, band, self.grids, k_coarse, options)
             noise.update(band, out.residual_power, rate=s.noise_rate)
 
             scale = self.n / len(idx)
@@ -563,9 +562,8 @@ class Abinitio:
         y, ctf = self.batch_data(idx, band, self.xp.arange(int(idx[0]), int(idx[-1]) + 1), loaded)
         fixed = None if fixed_poses is None else (fixed_poses[0][idx], fixed_poses[1][idx])
         local = None if local_from is None else (local_from["rotations"][idx], local_from["shifts"][idx])
-        return evaluate_batch(
-            f_pads, y, ctf, noise, band, grids or self.grids, k_coarse, s.n_candidates, s.pad, fixed_poses=fixed, local_poses=local
-        )
+        options = SearchOptions(n_candidates=s.n_candidates, pad=s.pad)
+        return evaluate_batch(f_pads, y, ctf, noise, band, grids or self.grids, k_coarse, options, fixed_poses=fixed, local_poses=local)
 
     def oracle(self, rotations, shifts_px, passes: int = 3):
         """Reconstruct with the true poses through the same engine (Newton steps from zero)."""

@@ -76,10 +76,74 @@ class BatchResult:
     residual_power: object  # (M,) mean |Y - C S P|^2 at the best pose
 
 
-def _batched_phases(coords, L, shifts, dtype):
-    """Shift phases for per-sub-problem shift sets: shifts (S, T, 2) -> (S, T, M)."""
-    s, t, _ = shifts.shape
-    return fourier.shift_phase(coords, L, shifts.reshape(s * t, 2), dtype=dtype).reshape(s, t, -1)
+@dataclass(frozen=True)
+class SearchOptions:
+    """How a batch is searched and how much of its posterior reaches the gradient.
+
+    Attributes
+    ----------
+    n_candidates : int
+        Coarse poses per image (and class) that are refined locally.
+    pad : int
+        Zero-padding factor of the map transforms.
+    n_groups : int
+        With ``n_groups >= 2``, also return the gradient of each of that many disjoint
+        image groups, from which the adaptive batch size measures gradient noise.
+    min_weight : float
+        Posterior weights below this fraction of an image's largest are dropped.
+    max_poses : int
+        At most this many poses per image carry weight into the gradient: at low SNR
+        the posterior is broad, and its long tail costs backprojections without
+        changing the map.
+    compact_rows : bool, optional
+        Backproject only the rows of non-zero weight (the default on the CPU) or a
+        fixed number per image (the default on a GPU; see :func:`_live_rows`).
+    """
+
+    n_candidates: int = 3
+    pad: int = 2
+    n_groups: int = 0
+    min_weight: float = 1e-3
+    max_poses: int = 24
+    compact_rows: bool | None = None
+
+
+@dataclass
+class _Poses:
+    """The poses scored for a batch: ``C`` candidates per image, each with a local grid.
+
+    Candidates are laid out class by class, ``per_class`` consecutive slots for each
+    class, so that every class's slices come from plain slicing, never from a
+    data-dependent selection (which would need the host on a GPU).
+    """
+
+    rotations: object  # (B, C, n, 3, 3): candidate x local rotation
+    shifts: object  # (B, C, t, 2): candidate x local shift, working pixels
+    per_class: int
+
+    @property
+    def n_cand(self):
+        return self.rotations.shape[1]
+
+    @property
+    def n_loc(self):
+        return self.rotations.shape[2]
+
+    @property
+    def n_shift(self):
+        return self.shifts.shape[2]
+
+
+@dataclass
+class _Scores:
+    """Every (candidate, local shift, local rotation) of the batch, scored on the band."""
+
+    y_rep: object  # (S, M) images repeated per candidate, S = B x C
+    ctf_rep: object  # (S, M)
+    phases: object  # (S, t, M) shift phases of each candidate's local shifts
+    slices: object  # (S, n, M) nearest-neighbour slices of each candidate's rotations
+    lse: object  # (B,) log-sum-exp of -score over every pose of the image
+    posterior: object  # (B, C t n) weights, thresholded and capped
 
 
 def evaluate_batch(
@@ -90,16 +154,17 @@ def evaluate_batch(
     band: likelihood.Band,
     grids: SearchGrids,
     k_coarse_px: float,
-    n_candidates: int = 3,
-    pad: int = 2,
+    options: SearchOptions = SearchOptions(),
+    *,
     fixed_poses=None,
-    n_groups: int = 0,
-    min_weight: float = 1e-3,
     local_poses=None,
-    max_poses: int = 24,
-    compact_rows: bool | None = None,
 ) -> BatchResult:
     """Search poses for one mini-batch and return the posterior-weighted gradient.
+
+    Four named steps: :func:`candidate_poses` (global coarse search, or given poses),
+    :func:`score_poses` (every local pose on the whole band, posterior), the best pose
+    per image (:func:`_best_poses`), and :func:`backproject_posterior` (gradient and
+    curvature from the poses of non-negligible weight).
 
     Parameters
     ----------
@@ -110,106 +175,126 @@ def evaluate_batch(
     noise, band, grids
     k_coarse_px : float
         Band limit of the global coarse search.
-    n_candidates : int
-        Coarse poses per image that are refined locally.
+    options : SearchOptions
     fixed_poses : (rotations (B,3,3), shifts (B,2)), optional
         Skip the search and use these poses with weight 1 (the true-pose oracle).
-    max_poses : int
-        At most this many poses per image carry weight into the gradient: at low SNR
-        the posterior is broad, and its long tail costs backprojections without
-        changing the map.
     local_poses : (rotations (B,3,3), shifts (B,2)), optional
         Skip the global stage: search only the local grids around these poses (local
         refinement from known poses). Every class is searched around the same pose:
         the class maps share the consensus frame.
-    compact_rows : bool, optional
-        Backproject only the rows of non-zero weight (the default on the CPU) or a
-        fixed number per image (the default on a GPU; see :func:`_live_rows`).
-    n_groups : int
-        With ``n_groups >= 2``, also return the gradient of each of that many disjoint
-        image groups, from which the adaptive batch size measures gradient noise.
     """
     xp = array_module(y)
-    b, m = y.shape
-    L = band.L
+    b = y.shape[0]
     n_classes = len(f_pads)
     w = noise.weights(band).astype(y.real.dtype)
+    poses = candidate_poses(f_pads, y, ctf, w, band, grids, k_coarse_px, options, fixed_poses, local_poses)
+    scores = score_poses(f_pads, y, ctf, w, band, grids, poses, options)
+    best_rotation, best_shift, best_class, class_prob, residual_power = _best_poses(y, ctf, band, poses, scores, n_classes)
+    grads, curvs, groups = backproject_posterior(f_pads, w, band, poses, scores, options)
+    # a device scalar: the caller reads it when it logs, not here
+    nll = -xp.sum(scores.lse) + b * float(np.log(grids.rotations.shape[0] * max(n_classes, 1)))
+    return BatchResult(nll, grads, curvs, groups if options.n_groups >= 2 else None, best_rotation, best_shift, best_class, class_prob, residual_power)
 
-    # Candidates are laid out class by class, ``per_class`` consecutive slots for each
-    # class, so that every class's slices come from plain slicing, never from a
-    # data-dependent selection (which would need the host on a GPU).
+
+def candidate_poses(f_pads, y, ctf, w, band, grids, k_coarse_px, options, fixed_poses=None, local_poses=None) -> _Poses:
+    """The poses to score: given (the oracle), around given poses, or from the coarse search."""
+    xp = array_module(y)
+    n_classes = len(f_pads)
     if fixed_poses is not None:
         if n_classes != 1:
             raise ValueError("fixed poses (the true-pose oracle) take a single map")
         rot = xp.asarray(fixed_poses[0], dtype=xp.float32)[:, None, None]  # (B, 1, 1, 3, 3)
         sh = xp.asarray(fixed_poses[1], dtype=xp.float32)[:, None, None, :]  # (B, 1, 1, 2)
+        return _Poses(rot, sh, 1)
+    if local_poses is not None:
+        # every class around the same pose: the class maps share the consensus frame
+        rot = xp.repeat(xp.asarray(local_poses[0], dtype=xp.float32)[:, None], n_classes, axis=1)  # (B, K, 3, 3)
+        sh = xp.repeat(xp.asarray(local_poses[1], dtype=xp.float32)[:, None], n_classes, axis=1)  # (B, K, 2)
         per_class = 1
     else:
-        if local_poses is not None:
-            # every class around the same pose: the class maps share the consensus frame
-            rot = xp.repeat(xp.asarray(local_poses[0], dtype=xp.float32)[:, None], n_classes, axis=1)  # (B, K, 3, 3)
-            sh = xp.repeat(xp.asarray(local_poses[1], dtype=xp.float32)[:, None], n_classes, axis=1)  # (B, K, 2)
-            per_class = 1
-        else:
-            rot, sh = _coarse_candidates(f_pads, y, ctf, w, band, grids, k_coarse_px, n_candidates, pad)
-            per_class = rot.shape[1] // n_classes
-        # local neighbourhoods of every candidate
-        rot = xp.matmul(rot[:, :, None], grids.local_rotations[None, None])  # (B, C, n, 3, 3)
-        sh = sh[:, :, None, :] + grids.local_shifts[None, None]  # (B, C, t, 2)
-    n_cand = rot.shape[1]
-    rot_flat = rot.reshape(b, n_cand, -1, 3, 3)
-    n_loc = rot_flat.shape[2]
-    sh = sh.reshape(b, n_cand, -1, 2)
-    n_shift = sh.shape[2]
+        rot, sh = _coarse_candidates(f_pads, y, ctf, w, band, grids, k_coarse_px, options.n_candidates, options.pad)
+        per_class = rot.shape[1] // n_classes
+    # local neighbourhoods of every candidate
+    rot = xp.matmul(rot[:, :, None], grids.local_rotations[None, None])  # (B, C, n, 3, 3)
+    sh = sh[:, :, None, :] + grids.local_shifts[None, None]  # (B, C, t, 2)
+    return _Poses(rot, sh, per_class)
 
-    # score every (candidate, local shift, local rotation) on the whole band
+
+def score_poses(f_pads, y, ctf, w, band, grids, poses: _Poses, options: SearchOptions) -> _Scores:
+    """Score every (candidate, local shift, local rotation) on the whole band; the posterior."""
+    xp = array_module(y)
+    b, m = y.shape
+    n_cand, n_loc, n_shift, per_class = poses.n_cand, poses.n_loc, poses.n_shift, poses.per_class
     s = b * n_cand
     y_rep = xp.repeat(y, n_cand, axis=0)
     ctf_rep = xp.repeat(ctf, n_cand, axis=0)
-    phases = _batched_phases(band.coords, L, sh.reshape(s, n_shift, 2), y.dtype)
+    shifts = poses.shifts.reshape(s, n_shift, 2)
+    phases = _batched_phases(band.coords, band.L, shifts, y.dtype)
     terms = pose_search.batch_terms(y_rep, ctf_rep, w, phases)
     slices = xp.empty((b, n_cand, n_loc, m), dtype=y.dtype)
-    for k in range(n_classes):
+    for k in range(len(f_pads)):
         block = slice(k * per_class, (k + 1) * per_class)
-        ext = projector.extract_nearest(f_pads[k], rot_flat[:, block].reshape(-1, 3, 3), band.coords, pad=pad)
+        ext = projector.extract_nearest(f_pads[k], poses.rotations[:, block].reshape(-1, 3, 3), band.coords, pad=options.pad)
         slices[:, block] = ext.reshape(b, per_class, n_loc, m)
     slices = slices.reshape(s, n_loc, m)
     # float32, not TF32: with TF32 here the median pose error of 50,000 particles at 128 px
     # went from 1.2 to 6.8 deg on an H200 (neighbouring local poses differ by less than
     # the rounding of the cross term)
     err = pose_search.errors_per_image(terms, slices)  # (S, t, n)
-    score = err - grids.log_prior_shift(sh.reshape(s, n_shift, 2))[:, :, None]
+    score = err - grids.log_prior_shift(shifts)[:, :, None]
     score_img = score.reshape(b, -1)
     lse = pose_search.logsumexp_neg(score_img)
-    p = pose_search.posterior(score_img, min_weight=min_weight)
-    p = _keep_top(p, max_poses)
-    best = xp.argmax(p, axis=1)
+    p = pose_search.posterior(score_img, min_weight=options.min_weight)
+    p = _keep_top(p, options.max_poses)
+    return _Scores(y_rep, ctf_rep, phases, slices, lse, p)
 
-    # best pose per image
+
+def _best_poses(y, ctf, band, poses: _Poses, scores: _Scores, n_classes):
+    """Best pose, class and class probabilities per image; residual power at the best pose."""
+    xp = array_module(y)
+    b, m = y.shape
+    n_cand, n_loc, n_shift = poses.n_cand, poses.n_loc, poses.n_shift
+    p = scores.posterior
+    best = xp.argmax(p, axis=1)
     per_cand = n_shift * n_loc
     c_best = best // per_cand
     t_best = (best % per_cand) // n_loc
     r_best = best % n_loc
     ar = xp.arange(b)
-    best_rotation = rot_flat[ar, c_best, r_best]
-    best_shift = sh[ar, c_best, t_best]
-    best_class = c_best // per_class
+    best_rotation = poses.rotations[ar, c_best, r_best]
+    best_shift = poses.shifts[ar, c_best, t_best]
+    best_class = c_best // poses.per_class
     class_prob = p.reshape(b, n_classes, -1).sum(axis=2).astype(xp.float64)
-
     # residual power at the best pose, for the noise model
-    best_slice = slices.reshape(b, n_cand, n_loc, m)[ar, c_best, r_best]
-    best_phase = fourier.shift_phase(band.coords, L, best_shift, dtype=y.dtype)
+    best_slice = scores.slices.reshape(b, n_cand, n_loc, m)[ar, c_best, r_best]
+    best_phase = fourier.shift_phase(band.coords, band.L, best_shift, dtype=y.dtype)
     resid = y - ctf * best_phase * best_slice
     residual_power = xp.mean(resid.real**2 + resid.imag**2, axis=0)
+    return best_rotation, best_shift, best_class, class_prob, residual_power
 
-    # gradient and curvature, backprojected from the (image, rotation) rows that carry
-    # weight; rows stay grouped by image (``rows_per_image`` each when fixed)
-    p_sub = p.reshape(s, n_shift, n_loc)
-    live_s, live_r, rows_per_image = _live_rows(p, b, n_cand, n_shift, n_loc, n_classes, max_poses, compact_rows)
-    rot_rows = rot_flat.reshape(s, n_loc, 3, 3)[live_s, live_r]
-    # the search scored nearest-neighbour slices; the gradient needs the exact
-    # trilinear slices of the few live rows, so that it is the adjoint's true gradient
-    groups_n = max(n_groups, 1)
+
+def backproject_posterior(f_pads, w, band, poses: _Poses, scores: _Scores, options: SearchOptions):
+    """Gradient and curvature per class, backprojected from the rows that carry weight.
+
+    Rows are (image x candidate, local rotation) pairs, grouped by image
+    (``rows_per_image`` each when the layout is fixed). The search scored
+    nearest-neighbour slices; the gradient needs the exact trilinear slices of the few
+    live rows, so that it is the adjoint's true gradient.
+
+    Returns
+    -------
+    grads, curvatures : list (per class) of (pL)^3 arrays
+    groups : list (per class) of per-group gradients (one group unless ``n_groups >= 2``)
+    """
+    xp = array_module(scores.posterior)
+    b = scores.posterior.shape[0]
+    n_cand, n_loc, n_shift, per_class = poses.n_cand, poses.n_loc, poses.n_shift, poses.per_class
+    n_classes = len(f_pads)
+    s = b * n_cand
+    p_sub = scores.posterior.reshape(s, n_shift, n_loc)
+    live_s, live_r, rows_per_image = _live_rows(scores.posterior, b, n_cand, n_shift, n_loc, n_classes, options.max_poses, options.compact_rows)
+    rot_rows = poses.rotations.reshape(s, n_loc, 3, 3)[live_s, live_r]
+    groups_n = max(options.n_groups, 1)
     grads, curvs, groups = [], [], []
     shape = f_pads[0].shape
     for k in range(n_classes):
@@ -221,9 +306,9 @@ def evaluate_batch(
         else:  # compacted (CPU): candidate slots are class by class
             sel = xp.nonzero((live_s % n_cand) // per_class == k)[0]
         rows_s, rows_r, rows_rot = live_s[sel], live_r[sel], rot_rows[sel]
-        exact = projector.extract(f_pads[k], rows_rot, band.coords, pad=pad)
+        exact = projector.extract(f_pads[k], rows_rot, band.coords, pad=options.pad)
         grad_rows, curv_rows = likelihood.slice_gradient(
-            y_rep[rows_s], ctf_rep[rows_s], w, phases[rows_s], exact, p_sub[rows_s, :, rows_r]
+            scores.y_rep[rows_s], scores.ctf_rep[rows_s], w, scores.phases[rows_s], exact, p_sub[rows_s, :, rows_r]
         )
         parts = []
         for g in range(groups_n):
@@ -233,14 +318,17 @@ def evaluate_batch(
                 pick = _every_gth_image(grad_rows.shape[0], rows_per_image, groups_n, g, xp)
             else:
                 pick = xp.nonzero((rows_s // n_cand) % groups_n == g)[0]
-            parts.append(projector.backproject(grad_rows[pick], rows_rot[pick], band.coords, shape, pad=pad))
+            parts.append(projector.backproject(grad_rows[pick], rows_rot[pick], band.coords, shape, pad=options.pad))
         grads.append(sum(parts[1:], parts[0]))
         groups.append(parts)
-        curvs.append(projector.backproject_weights(curv_rows, rows_rot, band.coords, shape, pad=pad))
+        curvs.append(projector.backproject_weights(curv_rows, rows_rot, band.coords, shape, pad=options.pad))
+    return grads, curvs, groups
 
-    # a device scalar: the caller reads it when it logs, not here
-    nll = -xp.sum(lse) + b * float(np.log(grids.rotations.shape[0] * max(n_classes, 1)))
-    return BatchResult(nll, grads, curvs, groups if n_groups >= 2 else None, best_rotation, best_shift, best_class, class_prob, residual_power)
+
+def _batched_phases(coords, L, shifts, dtype):
+    """Shift phases for per-sub-problem shift sets: shifts (S, T, 2) -> (S, T, M)."""
+    s, t, _ = shifts.shape
+    return fourier.shift_phase(coords, L, shifts.reshape(s * t, 2), dtype=dtype).reshape(s, t, -1)
 
 
 def _every_gth_image(n_rows, rows_per_image, n_groups, g, xp):
