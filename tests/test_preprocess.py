@@ -9,7 +9,6 @@ from cryorecon.forward.ctf import ctf_image
 from cryorecon.errors import InputError
 from cryorecon.io.particles import ParticleStack
 from cryorecon.reconstruct.preprocess import (
-    background_mask,
     estimate_snr,
     noise_spectrum,
     normalise_background,
@@ -23,10 +22,11 @@ def test_normalise_background_uses_only_the_background():
     rng = np.random.default_rng(0)
     L = 32
     imgs = rng.normal(5.0, 3.0, size=(6, L, L)).astype(np.float32)
-    inside = ~background_mask(L, 20)
+    y, x = np.indices((L, L)) - L // 2
+    inside = x * x + y * y <= 10 ** 2  # the particle's closed disc of diameter 20 px
     imgs[:, inside] += 100.0  # a bright particle must not change the normalisation
     out = normalise_background(imgs, 20)
-    bg = background_mask(L, 20)
+    bg = ~inside
     np.testing.assert_allclose(out[:, bg].mean(axis=1), 0, atol=1e-5)
     np.testing.assert_allclose(out[:, bg].std(axis=1), 1, atol=1e-5)
     assert out[:, inside].mean() > 20
@@ -107,3 +107,19 @@ def test_estimate_snr_reads_the_simulated_snr(snr):
     clean, _ = simulate_images(volume, random_rotations(4, rng), None, None, 5.0, rng=rng)
     assert estimate_snr(np.zeros((3, L, L))) == float("inf")
     assert estimate_snr(clean) > 100
+
+
+@pytest.mark.parametrize("L", [31, 32])
+def test_estimate_snr_is_its_formula(L):
+    """Inside/corner power ratio over the integer disc ``x^2 + y^2 < (L/2)^2``, exactly."""
+    rng = np.random.default_rng(9)
+    images = rng.normal(2.0, 1.0, (50, L, L))
+    images[:, L // 4 : 3 * L // 4, L // 4 : 3 * L // 4] += 0.7
+    y, x = np.indices((L, L)) - L // 2
+    inside = x * x + y * y < (L / 2) ** 2
+    corners = ~inside
+    n = int(corners.sum())
+    centred = images - images[:, corners].mean(axis=1)[:, None, None]
+    noise = np.mean(centred[:, corners] ** 2) / (1 - 1 / n)
+    expected = float(np.mean(centred[:, inside] ** 2) / noise) - (1 + 1 / n)
+    assert estimate_snr(images) == expected

@@ -7,7 +7,8 @@ from cryorecon.cli import main
 from cryorecon.errors import InputError
 from cryorecon.geometry.rotations import euler_to_matrix
 from cryorecon.io.star import read_particle_table
-from cryorecon.simulation.simulate import disc_mask, simulate_dataset
+from cryorecon.forward.masks import disc
+from cryorecon.simulation.simulate import simulate_dataset
 
 MAP = "ribosome70S/ribosome70S_L64.mrc"
 
@@ -83,8 +84,8 @@ def test_realised_snr_matches_request(shared_data, tmp_path):
     a = mrcfile.read(tmp_path / "clean" / "particles.mrcs").astype(np.float64)
     b = mrcfile.read(tmp_path / "noisy" / "particles.mrcs").astype(np.float64)
     noise = b - a
-    disc = disc_mask(64)
-    realised = np.mean(a[:, disc] ** 2) / np.var(noise)
+    inside = disc(64, 32.0, inclusive=False)  # the SNR disc r < L/2 of the module docstring
+    realised = np.mean(a[:, inside] ** 2) / np.var(noise)
     assert realised == pytest.approx(0.5, rel=0.03)
     assert noisy["noise_sigma"] == pytest.approx(np.std(noise), rel=0.01)
     assert clean["noise_sigma"] == 0.0

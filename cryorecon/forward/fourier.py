@@ -252,20 +252,11 @@ def fourier_pad(x, L_new, ndim=None):
 
 
 def soft_sphere_mask(L, radius_px, width_px, ndim=3, xp=np, dtype=np.float32):
-    """Spherical (or circular) mask with a raised-cosine edge, centred at ``L//2``.
+    """Old name of :func:`cryorecon.forward.masks.soft_sphere` (same values).
 
-    Value 1 for ``r <= radius_px``, ``0.5 * (1 + cos(pi (r - radius_px) / width_px))``
-    for ``radius_px < r < radius_px + width_px`` and 0 beyond.
+    Kept only until ``reconstruct/abinitio`` and ``validate`` call ``masks.soft_sphere``;
+    masks live in :mod:`cryorecon.forward.masks`.
     """
-    c = xp.arange(L, dtype=xp.float64) - L // 2
-    grids = xp.meshgrid(*([c] * ndim), indexing="ij")
-    r = xp.sqrt(sum(g * g for g in grids))
-    if width_px <= 0:
-        return (r <= radius_px).astype(dtype)
-    t = xp.clip((r - radius_px) / width_px, 0.0, 1.0)
-    return (0.5 * (1.0 + xp.cos(np.pi * t))).astype(dtype)
+    from .masks import soft_sphere
 
-
-def soft_circle(L, radius_px, width_px, xp=np, dtype=np.float32):
-    """2D version of :func:`soft_sphere_mask`."""
-    return soft_sphere_mask(L, radius_px, width_px, ndim=2, xp=xp, dtype=dtype)
+    return soft_sphere(L, radius_px, width_px, ndim=ndim, xp=xp, dtype=dtype)

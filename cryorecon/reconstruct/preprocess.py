@@ -7,19 +7,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..forward import fourier
 from ..errors import InputError
+from ..forward import fourier, masks
 
 
-def background_mask(L: int, particle_diameter_px: float) -> np.ndarray:
-    """Boolean (L, L): pixels outside the particle's circle (the background)."""
-    y, x = np.indices((L, L)) - L // 2
-    return np.hypot(x, y) > particle_diameter_px / 2
+def _background(L: int, particle_diameter_px: float) -> np.ndarray:
+    """Boolean (L, L): the pixels outside the particle's circle, ``r > diameter / 2``."""
+    return ~masks.disc(L, particle_diameter_px / 2)
 
 
 def normalise_background(images: np.ndarray, particle_diameter_px: float) -> np.ndarray:
     """Zero mean and unit standard deviation of each image's background (RELION's rule)."""
-    bg = background_mask(images.shape[-1], particle_diameter_px)
+    bg = _background(images.shape[-1], particle_diameter_px)
     if bg.sum() < 16:
         raise InputError(
             f"particle diameter {particle_diameter_px:.1f} px leaves no background in a {images.shape[-1]} px box: "
@@ -40,9 +39,8 @@ def estimate_snr(images: np.ndarray, max_images: int = 2000) -> float:
     that disc over the noise variance); on the benchmark's ribosome it reads 0.100 at
     0.1 and 0.020 at 0.02. A particle that fills the corners makes it read low.
     """
-    from ..simulation.simulate import disc_mask  # the simulator's own SNR disc
-
-    inside = disc_mask(images.shape[-1])
+    L = images.shape[-1]
+    inside = masks.disc(L, L / 2, inclusive=False)  # the simulator's SNR disc
     corners = ~inside
     sample = np.asarray(images[:max_images], dtype=np.float64)
     # each image's offset is its corners' mean; that estimate's own error (variance
@@ -58,7 +56,7 @@ def estimate_snr(images: np.ndarray, max_images: int = 2000) -> float:
 def noise_spectrum(images: np.ndarray, particle_diameter_px: float) -> np.ndarray:
     """Radially averaged power spectrum of the background (particle masked out), per shell."""
     L = images.shape[-1]
-    bg = background_mask(L, particle_diameter_px).astype(np.float32)
+    bg = _background(L, particle_diameter_px).astype(np.float32)
     power = np.mean(np.abs(fourier.fft2c(images * bg)) ** 2, axis=0) / max(bg.mean(), 1e-6)
     shells = fourier.shell_index(L, 2)
     total = np.bincount(shells.ravel(), weights=power.ravel())

@@ -30,6 +30,7 @@ import pandas as pd
 from ..backend import get_xp, to_host
 from ..forward.ctf import ctf_image
 from ..errors import InputError
+from ..forward import masks
 from ..forward.fourier import ifft2c, shift_phase
 from ..geometry.rotations import euler_to_matrix, matrix_to_euler, random_rotations
 from ..io.mrc import read_map, write_map, write_stack
@@ -41,12 +42,6 @@ from ..forward.projector import extract, full_coords, volume_ft
 DEFAULT_OPTICS = {"voltage_kV": 300.0, "cs_mm": 2.7, "amplitude_contrast": 0.1}
 _ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 _CTF_REQUIRED = ("rlnDefocusU", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
-
-
-def disc_mask(L):
-    """Boolean (L, L) disc ``r < L/2`` around the centre pixel ``L // 2``."""
-    c = np.arange(L) - L // 2
-    return (c[:, None] ** 2 + c[None, :] ** 2) < (L / 2) ** 2
 
 
 def draw_shifts_px(n, rng, shift_sigma_px=2.0, max_shift_px=6.0):
@@ -114,7 +109,7 @@ def simulate_images(volume, rotations, shifts_px=None, ctf_params=None, pixel_si
     coords = full_coords(L)
     coords_xp = xp.asarray(coords)
     out = np.empty((n, L, L), dtype=np.float32)
-    disc = disc_mask(L)
+    disc = masks.disc(L, L / 2, inclusive=False)
     power = 0.0
     for start in range(0, n, batch_size):
         sl = slice(start, min(n, start + batch_size))
