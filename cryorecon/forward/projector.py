@@ -5,7 +5,9 @@ axis of pose ``A`` is the 3D transform sampled on the plane ``A^T (kx, ky, 0)``.
 We zero-pad the map ``pad`` times (RELION pads 2x), take the centred 3D DFT once
 (:func:`volume_ft`) and interpolate it trilinearly on that plane
 (:func:`extract`). :func:`backproject` scatters values back with the same eight
-weights, so it is the exact adjoint of :func:`extract`; :func:`volume_ft_adjoint`
+weights, so it is the exact adjoint of :func:`extract`. The stencil is
+:func:`trilinear_corners`, and :func:`trilinear` is the package's one trilinear
+interpolator (map alignment in :mod:`cryorecon.validate` uses it too); :func:`volume_ft_adjoint`
 is the exact adjoint of :func:`volume_ft`. Together they carry gradients from
 Fourier coefficients back to voxels.
 
@@ -103,32 +105,87 @@ def _slice_points(rotations, coords, pad, pL, xp, dtype):
     return pts
 
 
-def _corner_weights(rotations, coords, pad, pL, xp, dtype):
-    """Flat indices and weights of the 8 trilinear neighbours, invalid corners weight 0.
+def trilinear_corners(coords_zyx, shape):
+    """Flat indices and weights of the 8 trilinear neighbours of points on a 3D grid.
 
-    Yields ``(flat_index, weight)`` pairs of shape (R, M), one per corner.
+    The one trilinear stencil of the package: :func:`trilinear` gathers with it and
+    :func:`backproject` scatters with it, which is what makes the pair exact adjoints.
+
+    Parameters
+    ----------
+    coords_zyx : sequence of three arrays, or array (3, ...)
+        Fractional grid indices ``(z, y, x)`` of the points, all of one shape; integer
+        values are grid nodes (index ``i`` is ``grid[i]``, no centring).
+    shape : tuple of int (nz, ny, nx)
+        Shape of the grid.
+
+    Yields
+    ------
+    flat_index, weight : arrays of the points' shape
+        One pair per corner, in the order (z, y, x) = (0, 0, 0), (0, 0, 1), ..., (1, 1, 1);
+        ``flat_index`` indexes the C-ordered grid. A corner off the grid has weight 0 and
+        a clipped (safe) index.
     """
-    gx, gy, gz = _slice_points(rotations, coords, pad, pL, xp, dtype)
-    itype = xp.int32 if pL ** 3 < 2 ** 31 else xp.int64
+    gz, gy, gx = coords_zyx
+    xp = array_module(gz)
+    nz, ny, nx = (int(n) for n in shape)
+    itype = xp.int32 if nz * ny * nx < 2 ** 31 else xp.int64
     utype = xp.uint32 if itype == xp.int32 else xp.uint64
     per_axis = []
-    for g in (gz, gy, gx):
+    for g, n in ((gz, nz), (gy, ny), (gx, nx)):
         g0 = xp.floor(g)
         f = g - g0
         i0 = g0.astype(itype)
         i1 = i0 + 1
         # A neighbour off the grid holds zero: weight 0 and a safe (clipped) index. The
-        # unsigned view folds "i >= 0 and i < pL" into one comparison.
-        w0 = (1 - f) * (i0.view(utype) < pL)
-        w1 = f * (i1.view(utype) < pL)
-        per_axis.append(((xp.clip(i0, 0, pL - 1), w0), (xp.clip(i1, 0, pL - 1), w1)))
+        # unsigned view folds "i >= 0 and i < n" into one comparison.
+        w0 = (1 - f) * (i0.view(utype) < n)
+        w1 = f * (i1.view(utype) < n)
+        per_axis.append(((xp.clip(i0, 0, n - 1), w0), (xp.clip(i1, 0, n - 1), w1)))
     (z0, z1), (y0, y1), (x0, x1) = per_axis
     for iz, wz in (z0, z1):
         for iy, wy in (y0, y1):
-            zy = (iz * pL + iy) * pL
+            zy = (iz * ny + iy) * nx
             wzy = wz * wy
             for ix, wx in (x0, x1):
                 yield zy + ix, wzy * wx
+
+
+def trilinear(grid, coords_zyx):
+    """Trilinear interpolation of a 3D grid at fractional index coordinates.
+
+    Parameters
+    ----------
+    grid : array (nz, ny, nx), real or complex (numpy or cupy)
+    coords_zyx : sequence of three arrays, or array (3, ...)
+        Fractional indices ``(z, y, x)`` into ``grid``, all of one shape, in the real
+        dtype the weights should have (float32 keeps a complex64 grid in complex64).
+
+    Returns
+    -------
+    array of the points' shape
+        ``sum_corners w * grid[corner]`` (see :func:`trilinear_corners`); neighbours
+        outside the grid count as 0.
+
+    Examples
+    --------
+    >>> g = np.arange(8.0).reshape(2, 2, 2)
+    >>> float(trilinear(g, (np.array(0.5), np.array(0.5), np.array(0.5))))
+    3.5
+    """
+    xp = array_module(grid)
+    flat = grid.reshape(-1)
+    acc = None
+    for idx, w in trilinear_corners(coords_zyx, grid.shape):
+        term = xp.take(flat, idx) * w
+        acc = term if acc is None else acc + term
+    return acc
+
+
+def _corner_weights(rotations, coords, pad, pL, xp, dtype):
+    """:func:`trilinear_corners` of the slice points of ``rotations`` on the padded grid."""
+    gx, gy, gz = _slice_points(rotations, coords, pad, pL, xp, dtype)
+    return trilinear_corners((gz, gy, gx), (pL, pL, pL))
 
 
 def _rotation_chunks(R, M, xp):
@@ -166,15 +223,11 @@ def extract(vol_ft, rotations, coords, pad=2):
     rotations = np.asarray(rotations) if array_module(rotations) is np else rotations
     R = rotations.reshape(-1, 3, 3).shape[0]
     M = len(coords)
-    flat = vol_ft.reshape(-1)
     out = xp.empty((R, M), dtype=vol_ft.dtype)
     rot_all = rotations.reshape(-1, 3, 3)
     for sl in _rotation_chunks(R, M, xp):
-        acc = None
-        for idx, w in _corner_weights(rot_all[sl], coords, pad, pL, xp, dtype):
-            term = xp.take(flat, idx) * w
-            acc = term if acc is None else acc + term
-        out[sl] = acc
+        gx, gy, gz = _slice_points(rot_all[sl], coords, pad, pL, xp, dtype)
+        out[sl] = trilinear(vol_ft, (gz, gy, gx))
     return out
 
 
