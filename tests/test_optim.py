@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cryorecon import optim
-from cryorecon.backend import to_host
+from cryorecon.backend import array_module, to_host
 from cryorecon.optim import schedules as sch
 
 
@@ -105,6 +105,68 @@ def test_convergence_lbfgs_and_preconditioner(xp):
     fg, x0 = rosenbrock(xp)
     x, info = optim.lbfgs_minimize(fg, x0, tol=1e-8)
     assert np.abs(to_host(x) - 1.0).max() < 1e-6
+
+
+def _quadratic_curvature(xp):
+    return quadratic(xp)[0](xp.ones(10))[1]  # the Hessian's diagonal, lam
+
+
+def _rosenbrock_curvature(x):
+    """|diagonal of Rosenbrock's Hessian|: indefinite away from the valley, hence abs."""
+    xp = array_module(x)
+    return xp.abs(xp.stack([1200.0 * x[0] ** 2 - 400.0 * x[1] + 2.0, 200.0 + 0.0 * x[0]]))
+
+
+# Preconditioned rows: name, factory, curvature observed at each step on the quadratic
+# (xp, rng -> array), steps on the quadratic, factory and steps on Rosenbrock (whose
+# curvature is its Hessian's diagonal at the current point).
+PRECONDITIONED = [
+    ("diag-newton", lambda: optim.chain(optim.scale_by_diagonal(damping=0.0), optim.sgd(1.0)),
+     lambda xp, rng: _quadratic_curvature(xp), 1,
+     lambda: optim.chain(optim.scale_by_diagonal(damping=10.0), optim.sgd(1.0)), 5000),
+    # noisy curvature observations (20% per step, multiplicative): the running average
+    # makes them good enough for steps of 0.5
+    ("diag-running+sgd", lambda: optim.chain(optim.scale_by_diagonal(damping=0.0, decay=0.9), optim.sgd(0.5)),
+     lambda xp, rng: _quadratic_curvature(xp) * xp.asarray(np.exp(0.2 * rng.standard_normal(10))), 60,
+     lambda: optim.chain(optim.scale_by_diagonal(damping=1.0, decay=0.9), optim.sgd(0.3, momentum=0.9)), 2000),
+]
+
+
+@pytest.mark.parametrize("name,make_q,curv_q,steps_q,make_r,steps_r", PRECONDITIONED, ids=[r[0] for r in PRECONDITIONED])
+def test_preconditioned_convergence_table(xp, name, make_q, curv_q, steps_q, make_r, steps_r):
+    rng = np.random.default_rng(7)
+    fg, x0 = quadratic(xp)
+    x, state = run(make_q(), fg, x0, steps_q, extra=lambda x, f: {"curvature": curv_q(xp, rng)})
+    assert fg(x)[0] <= 1e-6 * fg(x0)[0], name
+    assert state[0].count == steps_q
+    fg, x0 = rosenbrock(xp)
+    x, _ = run(make_r(), fg, x0, steps_r, extra=lambda x, f: {"curvature": _rosenbrock_curvature(x)})
+    assert np.abs(to_host(x) - 1.0).max() < 1e-2, (name, to_host(x))
+
+
+def test_scale_by_diagonal_running_average_equals_the_hand_written_one(xp):
+    """c_1 = o_1, c_t = decay c_{t-1} + (1 - decay) o_t; u = g / (c_t + d_t), bit for bit."""
+    rng = np.random.default_rng(8)
+    decay = 0.9
+    obs = [xp.asarray(rng.uniform(0.5, 2.0, (3, 4)).astype(np.float32)) for _ in range(5)]
+    damp = [xp.asarray(rng.uniform(0.0, 0.1, (3, 4)).astype(np.float32)) for _ in range(5)]
+    grads = [xp.asarray(rng.standard_normal((3, 4)).astype(np.float32)) for _ in range(5)]
+    t = optim.scale_by_diagonal(damping=0.0, decay=decay)
+    params = {"f": xp.zeros((3, 4), np.complex64)}
+    state = t.init(params)
+    assert state.curvature["f"].dtype == np.float32  # real curvature for complex parameters
+    c = None
+    for o, d, g in zip(obs, damp, grads):
+        c = o if c is None else decay * c + (1 - decay) * o
+        u, state = t.update({"f": g}, state, params, curvature={"f": o}, damping={"f": d})
+        assert np.array_equal(to_host(state.curvature["f"]), to_host(c))
+        assert np.array_equal(to_host(u["f"]), to_host(g / (c + d)))
+    assert state.count == 5
+    # no observation: the average stays; a scalar damping replaces the constant for one step
+    u, state = t.update({"f": grads[0]}, state, params, damping=0.5)
+    assert state.count == 5 and np.array_equal(to_host(u["f"]), to_host(grads[0] / (c + 0.5)))
+    with pytest.raises(ValueError, match="decay"):
+        optim.scale_by_diagonal(decay=1.0)
 
 
 def test_dict_params_follow_the_same_path(xp):
@@ -311,6 +373,7 @@ def test_scale_by_diagonal_takes_curvature_by_keyword_or_state():
     assert u.tolist() == [-4.0, -2.0]
     u, s = opt.update(np.array([4.0, 4.0]), s, p)  # the last curvature is kept in the state
     assert u.tolist() == [-4.0, -2.0]
+    assert s[0].count == 1  # one observation so far
     s = (s[0]._replace(curvature=np.array([7.0, 0.0])), s[1])
     u, s = opt.update(np.array([4.0, 4.0]), s, p)
     assert u.tolist() == [-1.0, -8.0]
@@ -377,7 +440,7 @@ def test_save_load_round_trips_every_transform_state(tmp_path):
                 learning_rate=sch.warmup_cosine_decay(0.0, 1e-2, 3, 20), weight_decay=1e-3),
             optim.rmsprop(1e-3, momentum=0.5), optim.adagrad(1e-2),
             optim.sgd(sch.step_decay(0.1, 4), momentum=0.9, nesterov=True),
-            optim.scale_by_diagonal(1e-3)), every_k=2)),
+            optim.scale_by_diagonal(1e-3), optim.scale_by_diagonal(1e-3, decay=0.8)), every_k=2)),
         optim.reduce_on_plateau(patience=2),
     )
     rng = np.random.default_rng(4)

@@ -30,21 +30,19 @@ from .ema import ParamEMA, ParamEmaState, param_ema
 from .lbfgs import LbfgsState, lbfgs, lbfgs_minimize
 from .linesearch import strong_wolfe
 from .hyperparams import InjectHyperparamsState, inject_hyperparams
+from .precondition import ScaleByDiagonalState, precondition, scale_by_diagonal
 from .plateau import ReduceOnPlateauState, reduce_on_plateau
 from .state_io import load_state, save_state
 from .subgradients import hinge_loss, l1
 from .transforms import (
     ScaleByAdamState,
-    ScaleByDiagonalState,
     ScaleByRmsState,
     ScaleByRssState,
     ScaleByScheduleState,
     TraceState,
     add_decayed_weights,
-    precondition,
     scale,
     scale_by_adam,
-    scale_by_diagonal,
     scale_by_learning_rate,
     scale_by_rms,
     scale_by_rss,

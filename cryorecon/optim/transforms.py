@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, NamedTuple, Union
 
-from ._tree import tree_leaves, tree_map, tree_zeros_like, xp_of
-from .base import EmptyState, GradientTransformation, chain
+from ._tree import tree_map, tree_zeros_like, xp_of
+from .base import EmptyState, GradientTransformation
 
 ScalarOrSchedule = Union[float, Callable[[int], float]]
 
@@ -356,73 +356,3 @@ def add_decayed_weights(weight_decay: float, mask=None) -> GradientTransformatio
         return tree_map(lambda g, p, keep: g + wd * p if keep else g, grads, params, m), state
 
     return GradientTransformation(init, update)
-
-
-# --------------------------------------------------------------------------- preconditioner
-class ScaleByDiagonalState(NamedTuple):
-    """The caller-supplied curvature estimate (a tree like the parameters, or None)."""
-
-    curvature: Any
-
-
-def scale_by_diagonal(damping: float = 1e-8, curvature=None) -> GradientTransformation:
-    """Diagonal preconditioner: ``u = g / (c + damping)`` for a curvature estimate ``c >= 0``.
-
-    ``c`` approximates the diagonal of the Hessian (e.g. the reconstruction engine's
-    running, backprojected ``w C^2``); dividing by it gives every coordinate its own
-    Newton-like step size, so a following ``scale_by_learning_rate(lr)`` with
-    ``lr`` near 1 is a damped diagonal Newton step (Becker & LeCun 1988).
-
-    The caller owns ``c`` and may change it every step, in either of two ways:
-
-    - pass it to ``update``: ``opt.update(grads, state, params, curvature=c)``. Through
-      :func:`chain` the keyword reaches this transform, which stores ``c`` in its state;
-    - or replace it in the state: ``state = state._replace(curvature=c)`` (inside a
-      chain, replace the member's state in the tuple).
-
-    Without either, the curvature given here at construction (or ones) is used.
-
-    Parameters
-    ----------
-    damping : float
-        Added to ``c`` so that flat or unseen coordinates take bounded steps.
-    curvature : tree of arrays, optional
-        Initial curvature; defaults to ones (the identity).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from cryorecon import optim
-    >>> opt = optim.chain(optim.scale_by_diagonal(damping=0.0), optim.scale_by_learning_rate(1.0))
-    >>> p = np.zeros(2)
-    >>> s = opt.init(p)
-    >>> u, s = opt.update(np.array([2.0, 2.0]), s, p, curvature=np.array([1.0, 4.0]))
-    >>> u.tolist()
-    [-2.0, -0.5]
-
-    References
-    ----------
-    Becker & LeCun (1988), "Improving the convergence of back-propagation learning with
-    second order methods"; for cryo-EM, the per-voxel curvature of Punjani et al. (2017),
-    "cryoSPARC", Nature Methods 14.
-    """
-    damping = float(damping)
-
-    def init(params):
-        c = curvature if curvature is not None else tree_map(lambda p: xp_of(p).ones_like(p), params)
-        return ScaleByDiagonalState(curvature=c)
-
-    def update(grads, state, params=None, curvature=None, **extra):
-        c = state.curvature if curvature is None else curvature
-
-        def one(g, ci):
-            xp = xp_of(g)
-            d = ci + damping if damping else ci
-            return xp.divide(g, d)
-
-        return tree_map(one, grads, c), ScaleByDiagonalState(curvature=c)
-
-    return GradientTransformation(init, update)
-
-
-precondition = scale_by_diagonal
