@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cryorecon.io.figures import save_png
+
 
 def check_gradient(fun, grad, x, eps=1e-6, n_probe=None, rng=None) -> float:
     """Largest relative error between ``grad(x)`` and float64 central differences of ``fun``.
@@ -39,27 +41,18 @@ def check_gradient(fun, grad, x, eps=1e-6, n_probe=None, rng=None) -> float:
 def save_figure(fig, out_dir, name: str) -> Path:
     """Write ``fig`` as ``out_dir/name`` (PNG), close it, and return the path.
 
-    The file is written under a temporary name and renamed, so an interrupted demo never
+    Through :func:`cryorecon.io.figures.save_png`: atomic, so an interrupted demo never
     leaves a half-written PNG.
     """
-    import matplotlib.pyplot as plt
-
-    path = Path(out_dir) / name
-    tmp = path.with_name(path.name + ".part.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_png(fig, Path(out_dir) / name, dpi=110, bbox_inches="tight")
 
 
 def new_figure(ncols: int = 1, nrows: int = 1, size=(5.0, 4.0)):
-    """A headless matplotlib figure with ``nrows x ncols`` axes (Agg backend)."""
-    import matplotlib
+    """A headless matplotlib figure with ``nrows x ncols`` axes (no pyplot, no display)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows))
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
 def standardized_split(X, y, rng, test_fraction=0.25):

@@ -1,7 +1,8 @@
 """Figures of a run: optimisation history, central slices, projections beside particles.
 
-Every figure is drawn with matplotlib's Agg backend (no display needed) and written
-atomically, so an interrupted run never leaves a half-written PNG.
+Every figure is a bare matplotlib ``Figure`` (no pyplot, no display, no global backend
+switch) and is written by :func:`cryorecon.io.figures.save_png`, atomically, so an
+interrupted run never leaves a half-written PNG.
 """
 from __future__ import annotations
 
@@ -9,26 +10,19 @@ import csv
 
 import numpy as np
 
-from ..io.atomic import atomic_write
+from ..io.figures import save_png
 
 
-def _pyplot():
-    import matplotlib
+def _subplots(nrows, ncols, figsize, **kw):
+    """``(fig, axes)`` of a Figure made without pyplot (nothing global is touched)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kw)
 
 
-def _save(fig, path, dpi=110):
-    plt = _pyplot()
-    try:
-        with atomic_write(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path
+def _save(fig, path):
+    return save_png(fig, path, dpi=110, bbox_inches="tight")
 
 
 # --------------------------------------------------------------------------- history
@@ -53,9 +47,8 @@ def plot_history(path, history: dict):
         Columns ``iteration``, ``loss``, ``k_max_px``, ``resolution_A``, ``batch_size``
         (as :func:`read_history_csv` returns).
     """
-    plt = _pyplot()
     it = history["iteration"]
-    fig, axes = plt.subplots(3, 1, figsize=(6.5, 7.5), sharex=True)
+    fig, axes = _subplots(3, 1, figsize=(6.5, 7.5), sharex=True)
     ax = axes[0]
     ax.plot(it, history["loss"], lw=1.0, color="C0")
     ax.set_ylabel("loss per image\n(neg. log-likelihood)")
@@ -99,11 +92,10 @@ def plot_slices(path, volumes, pixel_size_A: float):
     pixel_size_A : float
         For the axes, in Angstrom from the box centre.
     """
-    plt = _pyplot()
     if not isinstance(volumes, dict):
         volumes = {"map": volumes}
     rows = len(volumes)
-    fig, axes = plt.subplots(rows, 3, figsize=(9, 3.1 * rows), squeeze=False)
+    fig, axes = _subplots(rows, 3, figsize=(9, 3.1 * rows), squeeze=False)
     for r, (label, vol) in enumerate(volumes.items()):
         vol = np.asarray(vol, dtype=np.float32)
         L = vol.shape[0]
@@ -230,12 +222,11 @@ def plot_projections(path, volume, rotations, shifts_px, images, pixel_size_A, c
     """
     from ..forward.projector import project
 
-    plt = _pyplot()
     rng = rng if rng is not None else np.random.default_rng(0)
     rotations = np.asarray(rotations, dtype=np.float64)
     picks = pick_views(rotations, n_views, rng)
     projections = np.asarray(project(np.asarray(volume, dtype=np.float32), rotations[picks].astype(np.float32)))
-    fig, axes = plt.subplots(2, len(picks), figsize=(1.9 * len(picks), 4.3), squeeze=False)
+    fig, axes = _subplots(2, len(picks), figsize=(1.9 * len(picks), 4.3), squeeze=False)
     summary = []
     for j, idx in enumerate(picks):
         avg, members = view_average(images, rotations, shifts_px, int(idx), tolerance_deg, ctf_params, pixel_size_A)
