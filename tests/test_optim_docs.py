@@ -9,7 +9,7 @@ import pytest
 
 import cryorecon.optim as optim
 
-MODULES = sorted(m.name for m in pkgutil.iter_modules(optim.__path__, "cryorecon.optim."))
+MODULES = sorted(m.name for m in pkgutil.walk_packages(optim.__path__, "cryorecon.optim."))
 
 FACTORIES = [
     "sgd", "adam", "adamw", "rmsprop", "adagrad", "chain", "clip", "clip_by_norm",
@@ -18,7 +18,7 @@ FACTORIES = [
     "add_decayed_weights", "reduce_on_plateau", "param_ema", "lbfgs", "lbfgs_minimize",
     "hinge_loss", "l1",
 ]
-NOISE = ["grad_snr", "simple_noise_scale", "chebyshev_batch_size", "switch_when_snr_high"]
+NOISE = ["grad_snr", "simple_noise_scale", "chebyshev_batch_size", "switch_when_snr_high", "running_average"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -58,6 +58,44 @@ def test_streaming_stats_equal_batch_estimates(xp):
     assert s2.trace_cov == pytest.approx(s.trace_cov, rel=1e-12)
 
 
+def test_estimate_reads_complex_gradients_once_and_matches_the_centred_form(xp):
+    """Complex gradients count both parts; the one-read summary equals the direct estimates,
+    and so does the per-example view of group means."""
+    rng = np.random.default_rng(9)
+    G = (rng.standard_normal((6, 50)) + 1j * rng.standard_normal((6, 50))) * 0.5 + (1 + 2j)
+    stats = noise.GradientNoiseStats(0, xp.zeros(50, complex), 0.0)
+    Gx = xp.asarray(G)
+    # the sum of squares stays on the device until the one read in estimate()
+    stats = stats.add_sums(Gx.sum(axis=0), xp.sum(xp.abs(Gx) ** 2), 6)
+    est = stats.estimate()
+    real = np.concatenate([G.real, G.imag], axis=1)  # the same gradients as real vectors
+    assert est.count == 6
+    assert est.mean_sq == pytest.approx(real.mean(0) @ real.mean(0), rel=1e-12)
+    assert est.trace_cov == pytest.approx(np.trace(np.cov(real, rowvar=False)), rel=1e-10)
+    assert est.snr == pytest.approx(noise.grad_snr(real), rel=1e-10)
+    assert stats.trace_cov == pytest.approx(est.trace_cov, rel=1e-12)
+    assert est.batch_snr(debias=True) == pytest.approx(6 * noise.grad_snr(real, debias=True), rel=1e-10)
+    # 6 group means of 10 examples each: the examples' trace is 10x, the batch SNR the same
+    per = est.per_example(10)
+    assert per.count == 60 and per.trace_cov == pytest.approx(10 * est.trace_cov)
+    assert per.batch_snr(debias=True) == pytest.approx(est.batch_snr(debias=True), rel=1e-12)
+
+
+def test_running_average_of_estimates():
+    e = [noise.NoiseEstimate(10, float(m), float(t)) for m, t in [(1, 8), (3, 4), (5, 2)]]
+    r = None
+    for x in e:
+        r = noise.running_average(r, x, 0.7)
+    assert r.mean_sq == pytest.approx(0.7 * (0.7 * 1 + 0.3 * 3) + 0.3 * 5)
+    assert r.trace_cov == pytest.approx(0.7 * (0.7 * 8 + 0.3 * 4) + 0.3 * 2)
+    assert noise.running_average(noise.NoiseEstimate(0, 0.0, 0.0), e[1], 0.7) == e[1]  # nothing yet
+    # the switch reads an estimate as it reads per-example gradients
+    ctl = noise.switch_when_snr_high(threshold=10.0, patience=1)
+    go, s = ctl.update(noise.NoiseEstimate(100, 1.0, 5.0), ctl.init())  # B |G|^2 / trCov ~ 20
+    assert go and s.last_batch_snr == pytest.approx(100 * (1.0 - 5.0 / 100) / 5.0)
+    assert not ctl.update(noise.NoiseEstimate(100, 1.0, 50.0), ctl.init())[0]
+
+
 def test_chebyshev_bound_holds_empirically():
     """Draw batches of the bound's size; the error exceeds eps no more often than delta."""
     rng = np.random.default_rng(3)

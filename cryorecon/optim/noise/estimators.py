@@ -20,9 +20,26 @@ subtracts that (McCandlish et al., appendix A).
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
-from ._tree import xp_of
+from .._tree import is_cupy, xp_of
+
+
+def _sq_norm(v):
+    """``sum |v_k|^2`` as a 0-d array (complex entries count both parts)."""
+    xp = xp_of(v)
+    return xp.vdot(v, v).real
+
+
+def _to_floats(*values):
+    """Several scalars (floats, or 0-d arrays on one device) as floats, in one read."""
+    arrays = [v for v in values if hasattr(v, "dtype")]
+    if not arrays:
+        return [float(v) for v in values]
+    xp = xp_of(arrays[0])
+    stacked = xp.stack([xp.asarray(v, dtype=xp.float64) for v in values])
+    host = stacked.get() if is_cupy(stacked) else stacked
+    return [float(v) for v in host]
 
 
 def _moments(per_example_grads):
@@ -154,11 +171,13 @@ def chebyshev_batch_size(trace_cov: float, eps: float, delta: float) -> int:
 class GradientNoiseStats(NamedTuple):
     """Streaming sums for the noise estimators, without keeping per-example gradients.
 
-    Holds ``count`` (n), ``sum_grad`` (sum of g_i, a (d,) array) and ``sum_sq`` (sum of
-    ``|g_i|^2``, a float). Then ``tr Cov = (sum_sq - n |G|^2) / (n - 1)``. Start from
-    :meth:`zeros`, add batches with :meth:`add` or precomputed sums with
-    :meth:`add_sums`; states are immutable and :func:`~cryorecon.optim.save_state`
-    can write them.
+    Holds ``count`` (n), ``sum_grad`` (sum of g_i, a (d,) array, real or complex) and
+    ``sum_sq`` (sum of ``|g_i|^2``, a float or a 0-d array on the gradients' device).
+    Then ``tr Cov = (sum_sq - n |G|^2) / (n - 1)``. Start from :meth:`zeros`, add
+    batches with :meth:`add` or precomputed sums with :meth:`add_sums`; states are
+    immutable and :func:`~cryorecon.optim.save_state` can write them. On a GPU,
+    :meth:`estimate` reads everything the estimators need back in one transfer, where
+    the properties read one value each.
 
     Examples
     --------
@@ -190,9 +209,12 @@ class GradientNoiseStats(NamedTuple):
         return self.add_sums(g64.sum(axis=0), float((g64 * g64).sum()), g.shape[0])
 
     def add_sums(self, sum_grad, sum_sq, count):
-        """Add precomputed ``sum g_i``, ``sum |g_i|^2`` and their count."""
+        """Add precomputed ``sum g_i``, ``sum |g_i|^2`` and their count.
+
+        ``sum_sq`` may stay a 0-d device array: nothing is read back here.
+        """
         return GradientNoiseStats(self.count + int(count), self.sum_grad + sum_grad,
-                                  self.sum_sq + float(sum_sq))
+                                  self.sum_sq + sum_sq)
 
     @property
     def mean(self):
@@ -201,9 +223,16 @@ class GradientNoiseStats(NamedTuple):
 
     @property
     def mean_sq(self) -> float:
-        """``|G|^2``."""
-        m = self.mean
-        return float(m @ m)
+        """``|G|^2`` (``sum |G_k|^2`` for complex gradients)."""
+        return float(_sq_norm(self.mean))
+
+    def estimate(self) -> "NoiseEstimate":
+        """``n``, ``|G|^2`` and ``tr Cov`` on the host, read back in one transfer."""
+        n = self.count
+        if n < 2:
+            raise ValueError("need at least two per-example gradients to estimate a covariance")
+        mean_sq, sum_sq = _to_floats(_sq_norm(self.mean), self.sum_sq)
+        return NoiseEstimate(n, mean_sq, max(sum_sq - n * mean_sq, 0.0) / (n - 1))
 
     @property
     def trace_cov(self) -> float:
@@ -211,7 +240,7 @@ class GradientNoiseStats(NamedTuple):
         n = self.count
         if n < 2:
             raise ValueError("need at least two per-example gradients to estimate a covariance")
-        return max(self.sum_sq - n * self.mean_sq, 0.0) / (n - 1)
+        return max(float(self.sum_sq) - n * self.mean_sq, 0.0) / (n - 1)
 
     @property
     def snr(self) -> float:
@@ -226,85 +255,86 @@ class GradientNoiseStats(NamedTuple):
         return self.trace_cov / ms if ms > 0 else math.inf
 
 
-class SnrSwitchState(NamedTuple):
-    """Consecutive checks above the threshold, whether the switch happened, the last SNR."""
+class NoiseEstimate(NamedTuple):
+    """The noise estimators' inputs as host floats: ``count`` (n), ``|G|^2``, ``tr Cov``.
 
-    streak: int
-    switched: bool
-    last_batch_snr: float
-    checks: int
-
-
-class SnrSwitch(NamedTuple):
-    """``init() -> state``; ``update(per_example_grads, state, batch_size=None)``."""
-
-    init: Callable
-    update: Callable
-
-
-def switch_when_snr_high(threshold: float = 10.0, patience: int = 3, debias: bool = True):
-    """Controller that says when to hand over from a stochastic to a full-batch optimizer.
-
-    Criterion: the batch-mean gradient's SNR, ``B |G|^2 / tr Cov`` (``B`` the batch size,
-    by default the number of per-example gradients given), is at least ``threshold`` on
-    ``patience`` consecutive checks. An SNR of ``s`` means the mini-batch gradient's
-    expected squared error is ``1/s`` of its squared norm, so at ``s = 10`` the
-    stochastic direction is already about as good as the full gradient and a
-    deterministic method (L-BFGS) that needs exact gradients will make faster progress:
-    the PINN recipe of training with Adam, then switching to L-BFGS. Once switched, it
-    stays switched. With ``debias`` the noise bias of ``|G_hat|^2`` is removed first, so
-    pure noise does not trigger a switch.
-
-    Parameters
-    ----------
-    threshold : float
-        Batch SNR at or above which a check counts as high.
-    patience : int
-        Consecutive high checks needed.
-    debias : bool
-        Debias ``|G|^2`` (see :func:`grad_snr`).
-
-    Returns
-    -------
-    SnrSwitch
-        ``update(per_example_grads_or_stats, state, batch_size=None) -> (switch, state)``
-        where the first argument is an ``(n, d)`` array or a :class:`GradientNoiseStats`.
+    What :meth:`GradientNoiseStats.estimate` returns; small enough to log, average
+    (:func:`running_average`) and checkpoint (:func:`~cryorecon.optim.save_state`).
+    ``count == 0`` stands for "nothing measured yet".
 
     Examples
     --------
-    >>> import numpy as np
     >>> from cryorecon.optim import noise
-    >>> ctl = noise.switch_when_snr_high(threshold=10.0, patience=2)
-    >>> s = ctl.init()
-    >>> rng = np.random.default_rng(0)
-    >>> g = 1.0 + 0.1 * rng.standard_normal((32, 4))   # strong signal
-    >>> go, s = ctl.update(g, s); go
-    False
-    >>> go, s = ctl.update(g, s); go
-    True
+    >>> e = noise.NoiseEstimate(count=4, mean_sq=1.0, trace_cov=2.0)
+    >>> e.snr, e.batch_snr(), e.batch_snr(debias=True)
+    (0.5, 2.0, 1.0)
+    >>> e.per_example(25)   # these were the means of 4 groups of 25 examples
+    NoiseEstimate(count=100, mean_sq=1.0, trace_cov=50.0)
+    """
+
+    count: int
+    mean_sq: float
+    trace_cov: float
+
+    @property
+    def snr(self) -> float:
+        """Per-example SNR ``|G|^2 / tr Cov``."""
+        return self.mean_sq / self.trace_cov if self.trace_cov > 0 else math.inf
+
+    @property
+    def noise_scale(self) -> float:
+        """Simple noise scale ``tr Cov / |G|^2``."""
+        return self.trace_cov / self.mean_sq if self.mean_sq > 0 else math.inf
+
+    def batch_snr(self, batch_size=None, debias: bool = False) -> float:
+        """SNR of a mean over ``batch_size`` examples (default ``count``): ``B |G|^2 / tr Cov``."""
+        b = self.count if batch_size is None else int(batch_size)
+        signal = _signal(self.mean_sq, self.trace_cov, self.count, debias)
+        return b * signal / self.trace_cov if self.trace_cov > 0 else math.inf
+
+    def per_example(self, group_size: float) -> "NoiseEstimate":
+        """The same batch seen as its examples, when these estimates came from group means.
+
+        The mean of ``m`` independent examples has covariance ``Cov / m``: the examples'
+        ``tr Cov`` is ``m`` times the groups', ``|G|^2`` is the same, and there are
+        ``m`` times as many of them.
+        """
+        m = float(group_size)
+        return NoiseEstimate(int(round(self.count * m)), self.mean_sq, self.trace_cov * m)
+
+
+def running_average(previous: NoiseEstimate | None, current: NoiseEstimate, decay: float) -> NoiseEstimate:
+    """Exponential running average of noise estimates, for a noisy per-step measurement.
+
+    ``r_1 = e_1`` and ``r_t = decay r_{t-1} + (1 - decay) e_t`` for ``|G|^2`` and
+    ``tr Cov``; the count is the current one (the size of the batch being judged).
+    A ``previous`` of ``None`` or with ``count == 0`` is "nothing yet".
+
+    Parameters
+    ----------
+    previous : NoiseEstimate or None
+    current : NoiseEstimate
+    decay : float
+        In [0, 1); the average's horizon is about ``1 / (1 - decay)`` steps.
+
+    Returns
+    -------
+    NoiseEstimate
+
+    Examples
+    --------
+    >>> from cryorecon.optim import noise
+    >>> r = noise.running_average(None, noise.NoiseEstimate(8, 1.0, 4.0), 0.5)
+    >>> noise.running_average(r, noise.NoiseEstimate(8, 3.0, 2.0), 0.5)
+    NoiseEstimate(count=8, mean_sq=2.0, trace_cov=3.0)
 
     References
     ----------
-    McCandlish et al. (2018), arXiv:1812.06162 (gradient noise scale); the Adam-then-
-    L-BFGS schedule of physics-informed networks: Raissi, Perdikaris & Karniadakis
-    (2019), J. Comput. Phys. 378.
+    The smoothed gradient-noise estimates of McCandlish et al. (2018),
+    arXiv:1812.06162, appendix A.1.
     """
-    threshold, patience = float(threshold), int(patience)
-
-    def init():
-        return SnrSwitchState(0, False, 0.0, 0)
-
-    def update(grads_or_stats, state, batch_size=None):
-        if isinstance(grads_or_stats, GradientNoiseStats):
-            st = grads_or_stats
-            n, mean_sq, trace_cov = st.count, st.mean_sq, st.trace_cov
-        else:
-            n, mean_sq, trace_cov = _moments(grads_or_stats)
-        b = n if batch_size is None else int(batch_size)
-        signal = _signal(mean_sq, trace_cov, n, debias)
-        snr = b * signal / trace_cov if trace_cov > 0 else math.inf
-        streak = state.streak + 1 if snr >= threshold else 0
-        switched = state.switched or streak >= patience
-        return switched, SnrSwitchState(streak, switched, snr, state.checks + 1)
-
-    return SnrSwitch(init, update)
+    if previous is None or previous.count == 0:
+        return current
+    a = float(decay)
+    return NoiseEstimate(current.count, a * previous.mean_sq + (1 - a) * current.mean_sq,
+                         a * previous.trace_cov + (1 - a) * current.trace_cov)
