@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import starfile
 
-import cryorecon.io.particles as particles_module
+import cryorecon.io.stack_files as stack_files_module
 from cryorecon.errors import InputError
 from cryorecon.io import ParticleStack, read_particle_table
 
@@ -148,14 +148,14 @@ def test_several_stacks_opened_once_and_read_lazily(tmp_path, monkeypatch):
     names = ["000002@a.mrcs", "000003@sub/b.mrcs", "000001@a.mrcs", "000001@sub/b.mrcs", "000004@a.mrcs"]
     star = _write_star(tmp_path / "p.star", names)
     opened, reads = [], []
-    real_open = particles_module.open_stack
+    real_open = stack_files_module.open_stack
 
     def spy(path):
         opened.append(path.name)
         data, px = real_open(path)
         return _RecordingStack(data, reads), px
 
-    monkeypatch.setattr(particles_module, "open_stack", spy)
+    monkeypatch.setattr(stack_files_module, "open_stack", spy)
     stack = ParticleStack.from_star(star)
     assert opened == []  # nothing mapped until pixels are asked for
     np.testing.assert_array_equal(stack.images([1, 0]), np.stack([b[2], a[1]]))

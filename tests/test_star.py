@@ -223,3 +223,59 @@ def test_write_is_atomic(tmp_path, shared_data, monkeypatch):
         write_particle_star(dst, read_particle_table(shared_data / "aspire_ctf_shift_200" / "particles.star"))
     assert dst.read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.star"]
+
+
+# ------------------------------------------------------------------ CTF columns
+def test_ctf_params_from_a_relion30_table_in_our_names():
+    from cryorecon.io.star import CTF_COLUMNS, ctf_params_from_table, has_ctf_columns
+
+    df = _relion30_table()
+    assert has_ctf_columns(df)
+    ctf = ctf_params_from_table(df)
+    assert list(ctf) == list(CTF_COLUMNS)
+    assert all(v.dtype == np.float64 and v.shape == (len(df),) for v in ctf.values())
+    np.testing.assert_array_equal(ctf["defocus_u_A"], df["rlnDefocusU"])
+    np.testing.assert_array_equal(ctf["defocus_v_A"], df["rlnDefocusV"])
+    np.testing.assert_array_equal(ctf["defocus_angle_deg"], df["rlnDefocusAngle"])
+    np.testing.assert_array_equal(ctf["voltage_kV"], df["rlnVoltage"])
+    np.testing.assert_array_equal(ctf["cs_mm"], 2.7)
+    np.testing.assert_array_equal(ctf["amplitude_contrast"], 0.1)
+    np.testing.assert_array_equal(ctf["phase_shift_deg"], 0.0)  # absent: default
+    np.testing.assert_array_equal(ctf["bfactor_A2"], 0.0)
+    sub = ctf_params_from_table(df, [4, 1])
+    np.testing.assert_array_equal(sub["defocus_u_A"], df["rlnDefocusU"].to_numpy()[[4, 1]])
+    np.testing.assert_array_equal(sub["phase_shift_deg"], [0.0, 0.0])
+
+
+def test_ctf_without_defocus_v_is_not_astigmatic_and_missing_columns_mean_no_ctf():
+    from cryorecon.io.star import CTF_REQUIRED_COLUMNS, ctf_params_from_table, has_ctf_columns
+
+    df = _relion30_table().drop(columns=["rlnDefocusV", "rlnDefocusAngle"])
+    ctf = ctf_params_from_table(df, [2, 0])
+    np.testing.assert_array_equal(ctf["defocus_v_A"], ctf["defocus_u_A"])
+    np.testing.assert_array_equal(ctf["defocus_angle_deg"], [0.0, 0.0])
+    for column in CTF_REQUIRED_COLUMNS:
+        partial = _relion30_table().drop(columns=[column])
+        assert not has_ctf_columns(partial) and ctf_params_from_table(partial) is None
+
+
+def test_ctf_columns_round_trip_through_a_star_file(tmp_path):
+    from cryorecon.io.star import ctf_columns_from_params, ctf_params_from_table
+
+    rng = np.random.default_rng(5)
+    n = 7
+    params = {"defocus_u_A": rng.uniform(1e4, 2e4, n), "defocus_v_A": rng.uniform(1e4, 2e4, n),
+              "defocus_angle_deg": rng.uniform(-90, 90, n), "voltage_kV": np.full(n, 300.0),
+              "cs_mm": np.full(n, 2.7), "amplitude_contrast": np.full(n, 0.07),
+              "phase_shift_deg": rng.uniform(0, 90, n)}
+    columns = ctf_columns_from_params(params)
+    assert list(columns) == ["rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage",
+                             "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnPhaseShift"]
+    df = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@s.mrcs" for i in range(n)], **columns})
+    write_particle_star(tmp_path / "c.star", df, pixel_size_A=1.5)
+    back = ctf_params_from_table(read_particle_table(tmp_path / "c.star").particles)
+    for key, values in params.items():
+        np.testing.assert_array_equal(back[key], values, err_msg=key)
+    np.testing.assert_array_equal(back["bfactor_A2"], 0.0)
+    with pytest.raises(ValueError, match="defocus_A"):
+        ctf_columns_from_params({"defocus_A": 1.0})

@@ -9,94 +9,28 @@ memory streams. Pixels are checked for NaN/Inf as each batch is read.
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from .mrc import open_stack, read_header_info
-from .star import ParticleTable, read_particle_table, write_particle_star
+from .stack_files import StackFiles, inspect_stacks, parse_image_names
+from .star import (
+    CTF_COLUMNS,
+    CTF_REQUIRED_COLUMNS,
+    ParticleTable,
+    ctf_params_from_table,
+    read_particle_table,
+    write_particle_star,
+)
 
 __all__ = ["ParticleStack", "CTF_KEYS"]
 
-#: Keys of :meth:`ParticleStack.ctf_params`, with the STAR column and default for each.
-CTF_KEYS = {
-    "defocus_u_A": ("rlnDefocusU", None),
-    "defocus_v_A": ("rlnDefocusV", None),
-    "defocus_angle_deg": ("rlnDefocusAngle", 0.0),
-    "voltage_kV": ("rlnVoltage", None),
-    "cs_mm": ("rlnSphericalAberration", None),
-    "amplitude_contrast": ("rlnAmplitudeContrast", None),
-    "phase_shift_deg": ("rlnPhaseShift", 0.0),
-    "bfactor_A2": ("rlnCtfBfactor", 0.0),
-}
-_CTF_REQUIRED = ("rlnDefocusU", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
+#: Old name of :data:`cryorecon.io.star.CTF_COLUMNS` (the keys of
+#: :meth:`ParticleStack.ctf_params`, with the STAR column and default of each).
+CTF_KEYS = CTF_COLUMNS
 _ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
-
-
-class _StackFiles:
-    """Memory maps of the stack files, opened on first use and shared by subsets.
-
-    A RELION project often has one stack per micrograph, thousands of them, and each
-    memory map holds a file descriptor; so at most ``max_open`` stay open (least
-    recently used closes first). Below that, each file is opened exactly once.
-    """
-
-    def __init__(self, paths, shapes, max_open: int = 256):
-        self.paths = list(paths)
-        self.shapes = list(shapes)
-        self.max_open = max_open
-        self._open = OrderedDict()
-
-    def get(self, k: int):
-        if k in self._open:
-            self._open.move_to_end(k)
-            return self._open[k]
-        data, _ = open_stack(self.paths[k])
-        if data.shape != self.shapes[k]:
-            raise InputError(
-                f"{self.paths[k]}: stack changed on disk since it was opened "
-                f"({self.shapes[k]} -> {data.shape}): restart the run"
-            )
-        self._open[k] = data
-        if len(self._open) > self.max_open:
-            self._open.popitem(last=False)
-        return data
-
-
-def _parse_image_names(star_path: Path, names) -> tuple[np.ndarray, list[Path], np.ndarray]:
-    """``000012@sub/stack.mrcs`` -> (frame index 0-based, unique stack paths, stack id)."""
-    folder = star_path.parent
-    frames = np.empty(len(names), dtype=np.int64)
-    stack_ids = np.empty(len(names), dtype=np.int64)
-    lookup: dict[str, int] = {}
-    paths: list[Path] = []
-    for row, name in enumerate(names):
-        name = str(name).strip()
-        if "@" in name:
-            number, _, file_name = name.partition("@")
-            try:
-                frame = int(number)
-            except ValueError:
-                frame = 0
-            if frame < 1:
-                raise InputError(
-                    f"{star_path}: rlnImageName {name!r} (row {row + 1}) must be N@stack with "
-                    "N counting from 1: fix the STAR file"
-                )
-        else:
-            # RELION's convention: a name without '@' is a file holding one image.
-            frame, file_name = 1, name
-        k = lookup.get(file_name)
-        if k is None:
-            k = lookup[file_name] = len(paths)
-            p = Path(file_name)
-            paths.append(p if p.is_absolute() else folder / p)
-        frames[row] = frame - 1
-        stack_ids[row] = k
-    return frames, paths, stack_ids
 
 
 class ParticleStack:
@@ -132,7 +66,7 @@ class ParticleStack:
     ...     ctf = stack.ctf_params(idx)
     """
 
-    def __init__(self, particle_table: ParticleTable, files: _StackFiles, stack_ids, frames,
+    def __init__(self, particle_table: ParticleTable, files: StackFiles, stack_ids, frames,
                  box: int, pixel_size_A: float, header_pixel_size_A: float, has_ctf: bool,
                  star_path: Path):
         self.particle_table = particle_table
@@ -178,31 +112,8 @@ class ParticleStack:
             raise InputError(f"{star_path}: no rlnImageName column: this is not a particle STAR file")
         if len(df) == 0:
             raise InputError(f"{star_path}: the particle table is empty")
-        frames, paths, stack_ids = _parse_image_names(star_path, df["rlnImageName"].to_numpy())
-
-        shapes, header_sizes = [], []
-        for k, path in enumerate(paths):
-            if not path.is_file():
-                raise InputError(
-                    f"{star_path}: rlnImageName names {path}, which does not exist: fix the "
-                    "path (it is relative to the STAR file's folder)"
-                )
-            info = read_header_info(path)
-            shape = info["shape"]
-            shape = (1,) + shape if len(shape) == 2 else shape
-            if shape[1] != shape[2]:
-                raise InputError(
-                    f"{path}: images are {shape[2]} x {shape[1]} px (x by y) but must be "
-                    "square: re-extract the particles with a square box"
-                )
-            used = frames[stack_ids == k]
-            if used.max() >= shape[0]:
-                raise InputError(
-                    f"{star_path}: rlnImageName {used.max() + 1:06d}@{path.name} is past the "
-                    f"end of {path} ({shape[0]} images): fix the STAR file or the stack"
-                )
-            shapes.append(shape)
-            header_sizes.append(info["voxel_size_A"])
+        frames, paths, stack_ids = parse_image_names(star_path, df["rlnImageName"].to_numpy())
+        shapes, header_sizes = inspect_stacks(star_path, paths, frames, stack_ids)
 
         box = cls._check_box(star_path, df, paths, shapes)
         if pixel_size_A is None:
@@ -210,13 +121,13 @@ class ParticleStack:
             if "rlnImagePixelSize" not in df.columns:
                 table = table.with_pixel_size(pixel_size_A)
 
-        missing = [c for c in _CTF_REQUIRED if c not in table.particles.columns]
+        missing = [c for c in CTF_REQUIRED_COLUMNS if c not in table.particles.columns]
         if missing and require_ctf:
             raise InputError(
                 f"{star_path}: no {missing[0]} column (CTF parameters): add CTF columns or "
                 "pass --no-ctf"
             )
-        files = _StackFiles(paths, shapes)
+        files = StackFiles(paths, shapes)
         return cls(table, files, stack_ids, frames, box, pixel_size_A, header_sizes[0],
                    not missing, star_path)
 
@@ -271,6 +182,11 @@ class ParticleStack:
     @property
     def version(self) -> str:
         return self.particle_table.version
+
+    @property
+    def stack_paths(self) -> list[Path]:
+        """The stack files holding the particles' images, each once."""
+        return list(self._files.paths)
 
     @property
     def n(self) -> int:
@@ -341,10 +257,7 @@ class ParticleStack:
         """
         if not self.has_ctf:
             return None
-        out = {key: self._column(col, default, indices) for key, (col, default) in CTF_KEYS.items()}
-        if "rlnDefocusV" not in self.table.columns:
-            out["defocus_v_A"] = out["defocus_u_A"].copy()
-        return out
+        return ctf_params_from_table(self.table, indices)
 
     # ------------------------------------------------------------------ pixels
     def images(self, indices) -> np.ndarray:

@@ -27,6 +27,14 @@ import starfile
 
 from ..errors import InputError
 from .atomic import atomic_write
+from .star_columns import (
+    CTF_COLUMNS,
+    CTF_REQUIRED_COLUMNS,
+    OPTICS_COLUMNS,
+    ctf_columns_from_params,
+    ctf_params_from_table,
+    has_ctf_columns,
+)
 
 __all__ = [
     "ParticleTable",
@@ -34,29 +42,12 @@ __all__ = [
     "read_particle_table",
     "write_particle_star",
     "OPTICS_COLUMNS",
+    "CTF_COLUMNS",
+    "CTF_REQUIRED_COLUMNS",
+    "has_ctf_columns",
+    "ctf_params_from_table",
+    "ctf_columns_from_params",
 ]
-
-#: Labels that RELION 3.1+ keeps per optics group rather than per particle.
-OPTICS_COLUMNS = (
-    "rlnOpticsGroupName",
-    "rlnVoltage",
-    "rlnSphericalAberration",
-    "rlnAmplitudeContrast",
-    "rlnImagePixelSize",
-    "rlnImageSize",
-    "rlnImageDimensionality",
-    "rlnMicrographOriginalPixelSize",
-    "rlnCtfDataAreCtfPremultiplied",
-    "rlnBeamTiltX",
-    "rlnBeamTiltY",
-    "rlnMtfFileName",
-    "rlnOddZernike",
-    "rlnEvenZernike",
-    "rlnMagMat00",
-    "rlnMagMat01",
-    "rlnMagMat10",
-    "rlnMagMat11",
-)
 
 _VERSION_RE = re.compile(r"^\s*#\s*version\s+(\d+)", re.IGNORECASE)
 

@@ -34,14 +34,12 @@ from ..forward import masks
 from ..forward.fourier import ifft2c, shift_phase
 from ..geometry.rotations import euler_to_matrix, matrix_to_euler, random_rotations
 from ..io.mrc import read_map, write_map, write_stack
-from ..io.particles import CTF_KEYS
-from ..io.star import read_particle_table, write_particle_star
+from ..io.star import ctf_columns_from_params, ctf_params_from_table, read_particle_table, write_particle_star
 from ..forward.projector import extract, full_coords, volume_ft
 
 #: CTF defaults for drawn particles: a typical 300 kV microscope.
 DEFAULT_OPTICS = {"voltage_kV": 300.0, "cs_mm": 2.7, "amplitude_contrast": 0.1}
 _ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
-_CTF_REQUIRED = ("rlnDefocusU", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
 
 
 def draw_shifts_px(n, rng, shift_sigma_px=2.0, max_shift_px=6.0):
@@ -132,21 +130,6 @@ def simulate_images(volume, rotations, shifts_px=None, ctf_params=None, pixel_si
     return out, {"signal_power": signal_power, "noise_sigma": sigma, "snr": snr}
 
 
-def _ctf_from_table(df):
-    """Per-particle CTF keyword arguments from a normalised particle table, or None."""
-    if any(c not in df.columns for c in _CTF_REQUIRED):
-        return None
-    out = {}
-    for key, (col, default) in CTF_KEYS.items():
-        if col in df.columns:
-            out[key] = df[col].to_numpy(np.float64)
-        elif default is not None:
-            out[key] = np.full(len(df), default)
-    if "rlnDefocusV" not in df.columns:
-        out["defocus_v_A"] = out["defocus_u_A"].copy()
-    return out
-
-
 def _disagree(a, b):
     return a > 0 and b > 0 and abs(a - b) > 1e-3 * max(a, b)
 
@@ -160,7 +143,7 @@ def _poses_from_star(star_path, map_px, pixel_size_A, n, rng):
     count = len(df)
     if count == 0:
         raise InputError(f"{star_path}: the particle table is empty")
-    ctf = _ctf_from_table(df)
+    ctf = ctf_params_from_table(df)
     star_px = float(df["rlnImagePixelSize"].iloc[0]) if "rlnImagePixelSize" in df.columns else 0.0
     angst_offsets = table.origin_units == "angstrom" and bool(
         np.any(df[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy() != 0)
@@ -286,12 +269,8 @@ def simulate_dataset(map_path, out_dir, *, n=1000, snr=np.inf, from_star=None, s
                           **{k: np.full(n, v) for k, v in {**DEFAULT_OPTICS, **(optics or {})}.items()}}
         df = pd.DataFrame(index=range(n))
         if ctf_params is not None:
-            df["rlnDefocusU"] = ctf_params["defocus_u_A"]
-            df["rlnDefocusV"] = ctf_params["defocus_v_A"]
-            df["rlnDefocusAngle"] = ctf_params["defocus_angle_deg"]
-            df["rlnVoltage"] = ctf_params["voltage_kV"]
-            df["rlnSphericalAberration"] = ctf_params["cs_mm"]
-            df["rlnAmplitudeContrast"] = ctf_params["amplitude_contrast"]
+            for column, values in ctf_columns_from_params(ctf_params).items():
+                df[column] = values
         df["rlnOpticsGroup"] = 1
     count = len(rotations)
     if not all(a in df.columns for a in _ANGLES):
