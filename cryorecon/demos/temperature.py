@@ -36,6 +36,12 @@ DESCRIPTION = (
 #: Barrier height of ``x^4/4 - x^2/2`` between a minimum at -1 and the saddle at 0.
 BARRIER = 0.25
 
+#: (eta, B) settings of the stationary-variance check, from small to large ``eta h``.
+VARIANCE_SETTINGS = [(0.05, 1), (0.2, 1), (0.5, 1), (0.2, 4), (0.8, 2), (0.5, 8)]
+#: (eta, B) pairs sharing ``eta / B = 0.02``, and one pair at a quarter of that ratio.
+SAME_RATIO = [(0.02, 1), (0.04, 2), (0.08, 4), (0.16, 8)]
+OTHER_RATIO = (0.02, 4)
+
 
 def make_offsets(n: int, scale: float, rng: np.random.Generator) -> np.ndarray:
     """``n`` data offsets with mean exactly 0 and population standard deviation ``scale``."""
@@ -122,71 +128,49 @@ def kramers_time(temperature: float) -> float:
     return 2 * np.pi / np.sqrt(2.0 * 1.0) * np.exp(BARRIER / temperature)
 
 
-def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
-    """Measure stationary spreads and escape times; plot them; return the metrics."""
-    rng = np.random.default_rng(seed)
-    n_chains = 1000 if quick else 4000
-    h, scale = 2.0, 1.0
-    offsets = make_offsets(512, scale, rng)
-    sigma2 = (h * scale) ** 2  # per-example gradient variance h^2 Var(c)
+def variance_arm(offsets, h, sigma2, n_chains, rng):
+    """Stationary variance of SGD on ``h x^2 / 2`` for each of :data:`VARIANCE_SETTINGS`.
 
-    # 1. Stationary variance against the exact discrete formula, from small to large eta h.
-    settings = [(0.05, 1), (0.2, 1), (0.5, 1), (0.2, 4), (0.8, 2), (0.5, 8)]
-    var_rows = []
-    for eta, b in settings:
+    Returns a list of ``(eta, B, empirical, predicted)`` with the exact discrete formula
+    as the prediction.
+    """
+    rows = []
+    for eta, b in VARIANCE_SETTINGS:
         n_burn = int(10 / (eta * h))
         samples = stationary_samples(eta, b, h, offsets, n_chains, n_burn, 4 * n_burn, rng)
-        var_rows.append((eta, b, float(np.mean(samples**2)), predicted_variance(eta, b, h, sigma2)))
-    rel_err = [abs(emp - pred) / pred for _, _, emp, pred in var_rows]
-    continuous_err = [abs(emp - eta * sigma2 / (2 * b * h)) / emp for eta, b, emp, _ in var_rows]
+        rows.append((eta, b, float(np.mean(samples**2)), predicted_variance(eta, b, h, sigma2)))
+    return rows
 
-    # 2. Same eta/B, same spread; on a flatter quadratic so that eta h stays small.
-    h_flat = 0.5
-    sigma2_flat = (h_flat * scale) ** 2
-    same_ratio = [(0.02, 1), (0.04, 2), (0.08, 4), (0.16, 8)]
-    other_ratio = (0.02, 4)
-    spread_samples = {}
-    for eta, b in same_ratio + [other_ratio]:
+
+def same_ratio_arm(offsets, h_flat, n_chains, rng):
+    """Stationary samples for :data:`SAME_RATIO` and :data:`OTHER_RATIO`, keyed by (eta, B).
+
+    Run on a flatter quadratic ``h_flat`` so that ``eta h`` stays small and only the
+    first-order ratio ``eta / B`` should matter.
+    """
+    samples = {}
+    for eta, b in SAME_RATIO + [OTHER_RATIO]:
         n_burn = int(8 / (eta * h_flat))
-        s = stationary_samples(eta, b, h_flat, offsets, n_chains, n_burn, 3 * n_burn, rng)
-        spread_samples[(eta, b)] = s
-    stds = {k: float(np.sqrt(np.mean(v**2))) for k, v in spread_samples.items()}
-    same_stds = [stds[k] for k in same_ratio]
-    same_ratio_spread = max(same_stds) / min(same_stds)
-    other_ratio_spread = stds[same_ratio[0]] / stds[other_ratio]
+        samples[(eta, b)] = stationary_samples(eta, b, h_flat, offsets, n_chains, n_burn, 3 * n_burn, rng)
+    return samples
 
-    # 3. Escape from the left well of x^4/4 - x^2/2; temperature eta s^2 / (2 B).
-    dw_scale = 3.0
-    dw_offsets = make_offsets(512, dw_scale, rng)
-    eta_dw = 0.1
-    batches = [2, 4, 6] if quick else [2, 4, 6, 8]
-    n_escape = 200 if quick else 1000
-    escape_rows = []
+
+def escape_arm(dw_offsets, dw_scale, eta, batches, n_chains, rng):
+    """Mean escape time from the left well for each batch size; temperature ``eta s^2 / (2 B)``.
+
+    Returns a list of ``(B / eta, mean escape time in units of steps x eta, Kramers'
+    time, number of censored chains)``.
+    """
+    rows = []
     for b in batches:
-        steps, censored = escape_steps(eta_dw, b, dw_offsets, n_escape, 60000, rng)
-        temperature = eta_dw * dw_scale**2 / (2 * b)
-        escape_rows.append(
-            (b / eta_dw, float(steps.mean() * eta_dw), kramers_time(temperature), censored)
-        )
-    escape_times = [r[1] for r in escape_rows]
-    log_slope = float(np.polyfit([r[0] for r in escape_rows], np.log(escape_times), 1)[0])
+        steps, censored = escape_steps(eta, b, dw_offsets, n_chains, 60000, rng)
+        temperature = eta * dw_scale**2 / (2 * b)
+        rows.append((b / eta, float(steps.mean() * eta), kramers_time(temperature), censored))
+    return rows
 
-    metrics = {
-        "stationary_var_max_rel_err": float(max(rel_err)),
-        "continuous_formula_max_rel_err": float(max(continuous_err)),
-        "same_ratio_spread_max_over_min": float(same_ratio_spread),
-        "quarter_ratio_spread_ratio": float(other_ratio_spread),
-        "escape_B_over_eta": [r[0] for r in escape_rows],
-        "escape_time": escape_times,
-        "escape_censored": int(sum(r[3] for r in escape_rows)),
-        "escape_log_slope": log_slope,
-        "kramers_log_slope": BARRIER * 2 / dw_scale**2,
-    }
-    for eta, b, emp, pred in var_rows:
-        print(f"var eta={eta} B={b}: empirical {emp:.5g} predicted {pred:.5g}")
-    for k, v in metrics.items():
-        print(f"{k}: {v}")
 
+def plot(out_dir, var_rows, h, sigma2, spread_samples, escape_rows):
+    """The three panels: stationary variance, same-ratio spreads, escape times."""
     fig, axes = new_figure(ncols=3, size=(4.6, 4.0))
     ax = axes[0, 0]
     pred = np.array([r[3] for r in var_rows])
@@ -204,9 +188,10 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
     ax.legend(fontsize=7)
 
     ax = axes[0, 1]
-    bins = np.linspace(-4 * max(same_stds), 4 * max(same_stds), 60)
-    for k in same_ratio + [other_ratio]:
-        style = "-" if k in same_ratio else "--"
+    max_std = max(float(np.sqrt(np.mean(spread_samples[k] ** 2))) for k in SAME_RATIO)
+    bins = np.linspace(-4 * max_std, 4 * max_std, 60)
+    for k in SAME_RATIO + [OTHER_RATIO]:
+        style = "-" if k in SAME_RATIO else "--"
         ax.hist(spread_samples[k].ravel(), bins=bins, density=True, histtype="step", ls=style,
                 label=f"η={k[0]}, B={k[1]} (η/B={k[0] / k[1]:.3g})")
     ax.set_xlabel("x")
@@ -215,11 +200,52 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
 
     ax = axes[0, 2]
     ratio = np.array([r[0] for r in escape_rows])
-    ax.semilogy(ratio, escape_times, "o-", label="SGD (mean over chains)")
+    ax.semilogy(ratio, [r[1] for r in escape_rows], "o-", label="SGD (mean over chains)")
     ax.semilogy(ratio, [r[2] for r in escape_rows], "k--", label="Kramers")
     ax.set_xlabel("B / η")
     ax.set_ylabel("escape time (steps × η)")
     ax.set_title("double-well escape")
     ax.legend(fontsize=8)
     save_figure(fig, out_dir, "temperature.png")
+
+
+def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
+    """Measure stationary spreads and escape times; plot them; return the metrics."""
+    rng = np.random.default_rng(seed)
+    n_chains = 1000 if quick else 4000
+    h, scale = 2.0, 1.0
+    offsets = make_offsets(512, scale, rng)
+    sigma2 = (h * scale) ** 2  # per-example gradient variance h^2 Var(c)
+
+    var_rows = variance_arm(offsets, h, sigma2, n_chains, rng)
+    rel_err = [abs(emp - pred) / pred for _, _, emp, pred in var_rows]
+    continuous_err = [abs(emp - eta * sigma2 / (2 * b * h)) / emp for eta, b, emp, _ in var_rows]
+
+    spread_samples = same_ratio_arm(offsets, 0.5, n_chains, rng)
+    stds = {k: float(np.sqrt(np.mean(v**2))) for k, v in spread_samples.items()}
+    same_stds = [stds[k] for k in SAME_RATIO]
+
+    dw_scale = 3.0
+    dw_offsets = make_offsets(512, dw_scale, rng)
+    batches = [2, 4, 6] if quick else [2, 4, 6, 8]
+    escape_rows = escape_arm(dw_offsets, dw_scale, 0.1, batches, 200 if quick else 1000, rng)
+    escape_times = [r[1] for r in escape_rows]
+    log_slope = float(np.polyfit([r[0] for r in escape_rows], np.log(escape_times), 1)[0])
+
+    metrics = {
+        "stationary_var_max_rel_err": float(max(rel_err)),
+        "continuous_formula_max_rel_err": float(max(continuous_err)),
+        "same_ratio_spread_max_over_min": float(max(same_stds) / min(same_stds)),
+        "quarter_ratio_spread_ratio": float(stds[SAME_RATIO[0]] / stds[OTHER_RATIO]),
+        "escape_B_over_eta": [r[0] for r in escape_rows],
+        "escape_time": escape_times,
+        "escape_censored": int(sum(r[3] for r in escape_rows)),
+        "escape_log_slope": log_slope,
+        "kramers_log_slope": BARRIER * 2 / dw_scale**2,
+    }
+    for eta, b, emp, pred in var_rows:
+        print(f"var eta={eta} B={b}: empirical {emp:.5g} predicted {pred:.5g}")
+    for k, v in metrics.items():
+        print(f"{k}: {v}")
+    plot(out_dir, var_rows, h, sigma2, spread_samples, escape_rows)
     return metrics
