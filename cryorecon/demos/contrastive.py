@@ -156,37 +156,28 @@ def linear_probe_accuracy(train_feats, train_labels, test_feats, test_labels, ri
     return float((pred.argmax(axis=1) == test_labels).mean())
 
 
-def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
-    """Show the InfoNCE facts, train an encoder on digits and probe it."""
-    rng = np.random.default_rng(seed)
+def _unit_rows(f):
+    return f / np.linalg.norm(f, axis=1, keepdims=True)
+
+
+def split_digits(rng):
+    """``digits`` scaled to [0, 1], shuffled with ``rng``; a quarter held out.
+
+    Returns (x_train, y_train, x_test, y_test).
+    """
     x, y = load_digits()
     x = x / 16.0
     order = rng.permutation(len(x))
     n_test = len(x) // 4
-    x_train, y_train = x[order[n_test:]], y[order[n_test:]]
-    x_test, y_test = x[order[:n_test]], y[order[:n_test]]
+    return x[order[n_test:]], y[order[n_test:]], x[order[:n_test]], y[order[:n_test]]
 
-    dim, hidden, temperature = 8, 64, 0.2
-    batch = 128
-    params = init_encoder(64, hidden, dim, rng)
 
-    # log B at equal similarities: a constant encoder (zero weights) maps everything to one point
-    const = {k: np.zeros_like(v) for k, v in params.items()}
-    const["b2"] = rng.standard_normal(dim)
-    probe_x = x_train[:batch]
-    equal_loss, _ = contrastive_loss(const, probe_x, probe_x, temperature)
-
-    # random-projection baselines of the same dimension
-    proj = rng.standard_normal((64, dim))
-    feats = lambda f: f / np.linalg.norm(f, axis=1, keepdims=True)  # noqa: E731
-    random_probe = linear_probe_accuracy(feats(x_train @ proj), y_train, feats(x_test @ proj), y_test)
-    untrained_probe = linear_probe_accuracy(encode(params, x_train)[0], y_train, encode(params, x_test)[0], y_test)
-
-    n_steps = 800 if quick else 4000
-    opt = optim.adam(1e-2)
+def train_encoder(params, x_train, n_steps, batch, temperature, rng, learning_rate=1e-2):
+    """Adam on InfoNCE over fresh pairs of augmented views; returns (params, per-step losses)."""
+    opt = optim.adam(learning_rate)
     state = opt.init(params)
     history = []
-    for t in range(n_steps):
+    for _ in range(n_steps):
         idx = rng.choice(len(x_train), size=batch, replace=False)
         loss, grads = contrastive_loss(
             params, augment(x_train[idx], rng), augment(x_train[idx], rng), temperature
@@ -194,40 +185,41 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
         updates, state = opt.update(grads, state, params)
         params = optim.apply_updates(params, updates)
         history.append(loss)
-    z_train, z_test = encode(params, x_train)[0], encode(params, x_test)[0]
+    return params, history
 
-    # micro-batch accumulation against the full batch, at the trained encoder
-    x_u, x_v = augment(x_train[:batch], rng), augment(x_train[:batch], rng)
-    full_nce = -_flat(contrastive_loss(params, x_u, x_v, temperature)[1])
-    acc_nce = accumulated_update(lambda p, a, b: contrastive_loss(p, a, b, temperature), params, x_u, x_v, 4)
+
+def accumulation_check(params, x, temperature, rng, n_micro=4):
+    """InfoNCE and a per-example loss, each accumulated over ``n_micro`` micro-batches of ``x``.
+
+    Returns the metrics comparing each with its full-batch gradient (relative difference,
+    and cosine for InfoNCE) and InfoNCE's full-batch and mean micro-batch losses.
+    """
+    x_u, x_v = augment(x, rng), augment(x, rng)
+    nce = lambda p, a, b: contrastive_loss(p, a, b, temperature)  # noqa: E731
+    full_nce = -_flat(nce(params, x_u, x_v)[1])
+    acc_nce = accumulated_update(nce, params, x_u, x_v, n_micro)
     full_align = -_flat(alignment_loss(params, x_u, x_v)[1])
-    acc_align = accumulated_update(alignment_loss, params, x_u, x_v, 4)
-    cos_nce = float(full_nce @ acc_nce / (np.linalg.norm(full_nce) * np.linalg.norm(acc_nce)))
-
-    micro_loss = float(np.mean([contrastive_loss(params, a, b, temperature)[0]
-                                for a, b in zip(np.array_split(x_u, 4), np.array_split(x_v, 4))]))
-    full_loss = contrastive_loss(params, x_u, x_v, temperature)[0]
-    learned_probe = linear_probe_accuracy(z_train, y_train, z_test, y_test)
-
-    metrics = {
-        "equal_similarity_loss": equal_loss,
-        "log_batch_size": float(np.log(batch)),
+    acc_align = accumulated_update(alignment_loss, params, x_u, x_v, n_micro)
+    micro_loss = float(np.mean([nce(params, a, b)[0] for a, b in
+                                zip(np.array_split(x_u, n_micro), np.array_split(x_v, n_micro))]))
+    return {
         "accumulated_vs_full_rel_diff": float(np.linalg.norm(acc_nce - full_nce) / np.linalg.norm(full_nce)),
-        "accumulated_vs_full_cosine": cos_nce,
-        "full_batch_loss": full_loss,
+        "accumulated_vs_full_cosine": float(
+            full_nce @ acc_nce / (np.linalg.norm(full_nce) * np.linalg.norm(acc_nce))
+        ),
+        "full_batch_loss": nce(params, x_u, x_v)[0],
         "mean_micro_batch_loss": micro_loss,
         "per_example_loss_accumulation_rel_diff": float(
             np.linalg.norm(acc_align - full_align) / np.linalg.norm(full_align)
         ),
-        "initial_loss": float(np.mean(history[:20])),
-        "final_loss": float(np.mean(history[-20:])),
-        "probe_accuracy_learned": learned_probe,
-        "probe_accuracy_random_projection": random_probe,
-        "probe_accuracy_untrained_encoder": untrained_probe,
     }
-    for k, v in metrics.items():
-        print(f"{k}: {v}")
 
+
+def plot(out_dir, history, batch, temperature, metrics, test_views, y_test):
+    """Training curve, accumulation error bars, and PCA scatters of ``test_views``.
+
+    ``test_views`` maps a name to (unit-norm test features, probe accuracy), in panel order.
+    """
     fig, axes = new_figure(ncols=4, size=(4.4, 4.0))
     ax = axes[0, 0]
     ax.plot(history, lw=0.8)
@@ -242,15 +234,56 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
     ax.set_yscale("log")
     ax.set_ylabel("relative gradient difference")
     ax.set_title("4 micro-batches vs one batch")
-    for ax, (name, z) in zip(axes[0, 2:], (("random projection", feats(x_test @ proj)), ("InfoNCE embedding", z_test))):
+    for ax, (name, (z, acc)) in zip(axes[0, 2:], test_views.items()):
         centred = z - z.mean(axis=0)
         pcs = np.linalg.svd(centred, full_matrices=False)[2][:2]
         xy = centred @ pcs.T
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=y_test, cmap="tab10", s=6)
-        acc = random_probe if name == "random projection" else learned_probe
-        ax.set_title(f"{name}, d={dim}\nlinear probe accuracy {acc:.2f}")
+        ax.set_title(f"{name}, d={z.shape[1]}\nlinear probe accuracy {acc:.2f}")
         ax.set_xlabel("PC 1")
         ax.set_ylabel("PC 2")
     fig.colorbar(sc, ax=axes[0, 3], label="digit")
     save_figure(fig, out_dir, "contrastive.png")
+
+
+def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
+    """Show the InfoNCE facts, train an encoder on digits and probe it."""
+    rng = np.random.default_rng(seed)
+    x_train, y_train, x_test, y_test = split_digits(rng)
+    dim, hidden, temperature = 8, 64, 0.2
+    batch = 128
+    params = init_encoder(64, hidden, dim, rng)
+
+    # log B at equal similarities: a constant encoder (zero weights) maps everything to one point
+    const = {k: np.zeros_like(v) for k, v in params.items()}
+    const["b2"] = rng.standard_normal(dim)
+    equal_loss, _ = contrastive_loss(const, x_train[:batch], x_train[:batch], temperature)
+
+    # random-projection baselines of the same dimension
+    proj = rng.standard_normal((64, dim))
+    random_probe = linear_probe_accuracy(_unit_rows(x_train @ proj), y_train, _unit_rows(x_test @ proj), y_test)
+    untrained_probe = linear_probe_accuracy(encode(params, x_train)[0], y_train, encode(params, x_test)[0], y_test)
+
+    params, history = train_encoder(params, x_train, 800 if quick else 4000, batch, temperature, rng)
+    z_train, z_test = encode(params, x_train)[0], encode(params, x_test)[0]
+    # micro-batch accumulation against the full batch, at the trained encoder
+    accumulation = accumulation_check(params, x_train[:batch], temperature, rng)
+    learned_probe = linear_probe_accuracy(z_train, y_train, z_test, y_test)
+
+    metrics = {
+        "equal_similarity_loss": equal_loss,
+        "log_batch_size": float(np.log(batch)),
+        **accumulation,
+        "initial_loss": float(np.mean(history[:20])),
+        "final_loss": float(np.mean(history[-20:])),
+        "probe_accuracy_learned": learned_probe,
+        "probe_accuracy_random_projection": random_probe,
+        "probe_accuracy_untrained_encoder": untrained_probe,
+    }
+    for k, v in metrics.items():
+        print(f"{k}: {v}")
+    plot(out_dir, history, batch, temperature, metrics, {
+        "random projection": (_unit_rows(x_test @ proj), random_probe),
+        "InfoNCE embedding": (z_test, learned_probe),
+    }, y_test)
     return metrics
