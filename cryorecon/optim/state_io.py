@@ -17,11 +17,22 @@ from pathlib import Path
 
 import numpy
 
-from ..errors import InputError
 from ._tree import is_cupy
+
+__all__ = ["StateFileError", "save_state", "load_state"]
 
 _FORMAT_KEY = "__cryorecon_optim_state__"
 _FORMAT_VERSION = 1
+
+
+class StateFileError(ValueError):
+    """A state file that cannot be restored: missing, unreadable, or from another optimizer.
+
+    The message is one line that names the file and says what to change. ``optim``
+    stands alone, so it has its own error type; an application that treats bad input
+    in one way (a command line printing one line) converts it where it calls
+    :func:`load_state`.
+    """
 
 
 def _escape(key) -> str:
@@ -116,7 +127,7 @@ def _restore(stored, like, path, file):
         import cupy
 
         if stored.shape != like.shape:
-            raise InputError(f"{file}: state entry {path} has shape {stored.shape}, expected {like.shape}; "
+            raise StateFileError(f"{file}: state entry {path} has shape {stored.shape}, expected {like.shape}; "
                              "pass like= a state of the same optimizer and parameter shapes")
         return cupy.asarray(stored)
     if isinstance(like, bool):
@@ -128,7 +139,7 @@ def _restore(stored, like, path, file):
     if isinstance(like, numpy.generic):
         return stored[()]
     if stored.shape != numpy.shape(like):
-        raise InputError(f"{file}: state entry {path} has shape {stored.shape}, expected "
+        raise StateFileError(f"{file}: state entry {path} has shape {stored.shape}, expected "
                          f"{numpy.shape(like)}; pass like= a state of the same optimizer and parameter shapes")
     return stored
 
@@ -144,7 +155,7 @@ def _rebuild(like, path, data, file, used):
         return None
     key = path or "/"
     if key not in data:
-        raise InputError(f"{file}: no state entry {key}; the file was saved from a different "
+        raise StateFileError(f"{file}: no state entry {key}; the file was saved from a different "
                          "optimizer (pass like= a state of the optimizer that wrote it)")
     used.add(key)
     return _restore(data[key], like, key, file)
@@ -167,23 +178,23 @@ def load_state(path, like):
 
     Raises
     ------
-    InputError
+    StateFileError
         When the file is missing, not a state file, or does not match ``like``.
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: optimizer state file not found; check the checkpoint path")
+        raise StateFileError(f"{path}: optimizer state file not found; check the checkpoint path")
     try:
         with numpy.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
     except (ValueError, OSError) as exc:
-        raise InputError(f"{path}: not a readable .npz optimizer state ({exc}); save it with optim.save_state") from exc
+        raise StateFileError(f"{path}: not a readable .npz optimizer state ({exc}); save it with optim.save_state") from exc
     if _FORMAT_KEY not in data:
-        raise InputError(f"{path}: not an optimizer state written by optim.save_state")
+        raise StateFileError(f"{path}: not an optimizer state written by optim.save_state")
     used = {_FORMAT_KEY}
     out = _rebuild(like, "", data, path, used)
     extra = sorted(set(data) - used)
     if extra:
-        raise InputError(f"{path}: holds entries {extra[:3]} that like= lacks; pass like= a state "
+        raise StateFileError(f"{path}: holds entries {extra[:3]} that like= lacks; pass like= a state "
                          "of the optimizer that wrote it")
     return out
