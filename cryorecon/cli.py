@@ -163,32 +163,31 @@ def _map_and_pixel_size(path, pixel_size_A):
     from .io.mrc import read_map
 
     vol, header_px = read_map(path)
-    if vol.ndim != 3:
-        raise InputError(f"{path}: need a 3D map, got shape {vol.shape}")
+    if vol.ndim != 3 or len(set(vol.shape)) != 1:
+        raise InputError(f"{path}: need a cubic 3D map, got shape {vol.shape}")
     return vol, (pixel_size_A if pixel_size_A is not None else header_px)
 
 
 def _cmd_fsc(args):
-    from . import validate
+    from .forward.masks import soft_sphere
+    from .validate import compare_maps
 
     a, px_a = _map_and_pixel_size(args.map1, args.pixel_size)
-    b, _ = _map_and_pixel_size(args.map2, args.pixel_size)
+    b, px_b = _map_and_pixel_size(args.map2, args.pixel_size)
     if not px_a:
         raise InputError(f"{args.map1}: no voxel size in the header: pass --pixel-size")
-    if a.shape != b.shape:
-        raise InputError(f"{args.map2}: box {b.shape} differs from {args.map1}'s {a.shape}: resample one map")
-    L = a.shape[0]
-    mask = None
-    if args.mask_radius_A is not None:
-        mask = validate.soft_spherical_mask(L, radius_A=args.mask_radius_A, pixel_size_A=px_a)
-    shells, curve = validate.fsc(a, b, mask)
-    for t, res in validate.fsc_resolutions_A(curve, L, px_a).items():
+    if args.mask_radius_A is not None and not args.mask_radius_A > 0:
+        raise InputError(f"--mask-radius-A {args.mask_radius_A:g}: give a positive radius in A")
+    # the mask's radius is given in A; the soft edge is the masks' default 3 px
+    mask = None if args.mask_radius_A is None else soft_sphere(a.shape[0], args.mask_radius_A / px_a)
+    result = compare_maps(a, b, px_a, reference_pixel_size_A=px_b or px_a, mask=mask, align=False,
+                          reference_label=str(args.map2))
+    for t, res in result.resolution_A.items():
         print(f"FSC {t:g}: {res:.2f} A")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        validate.write_fsc_csv(out / "fsc.csv", shells, {"fsc": curve}, box=L, pixel_size_A=px_a)
-        validate.plot_fsc(out / "fsc.png", {"fsc": (shells, curve)}, box=L, pixel_size_A=px_a)
+        result.write_fsc(out / "fsc.csv", out / "fsc.png", label="fsc")
         print(f"wrote {out / 'fsc.csv'}, {out / 'fsc.png'}")
     return 0
 
@@ -196,20 +195,23 @@ def _cmd_fsc(args):
 def _cmd_align(args):
     import json
 
-    from . import validate
+    from .forward.masks import soft_sphere
     from .geometry.rotations import matrix_to_euler
+    from .io.atomic import atomic_open
     from .io.mrc import write_map
+    from .validate import compare_maps
 
     moving, px = _map_and_pixel_size(args.moving, args.pixel_size)
     ref, px_ref = _map_and_pixel_size(args.reference, args.pixel_size)
     px = px or px_ref
-    if moving.shape != ref.shape:
-        raise InputError(f"{args.moving}: box {moving.shape} differs from {args.reference}'s {ref.shape}: resample one map")
-    aligned, info = validate.align_maps(moving, ref, pixel_size_A=px or None, try_mirror=not args.no_mirror)
-    write_map(args.out, aligned, px)
+    L = moving.shape[0]
+    # The FSC against the reference is taken inside the alignment's own soft sphere.
+    result = compare_maps(moving, ref, px or None, reference_pixel_size_A=px_ref or px or None,
+                          mask=soft_sphere(L, L / 2 - 3.0, 3.0), try_mirror=not args.no_mirror,
+                          reference_label=str(args.reference))
+    info = result.alignment
+    write_map(args.out, result.aligned_map, px)
     rot, tilt, psi = (float(v[0]) for v in matrix_to_euler(info["rotation"]))
-    L = ref.shape[0]
-    shells, curve = validate.fsc(aligned, ref, validate.soft_spherical_mask(L))
     record = {
         "moving": str(args.moving), "reference": str(args.reference),
         "mirrored": info["mirrored"], "rotation": info["rotation"].tolist(),
@@ -217,10 +219,8 @@ def _cmd_align(args):
         "shift_px": [float(s) for s in info["shift_px"]], "correlation": info["correlation"],
     }
     if px:
-        record["fsc_0.5_A"] = validate.fsc_resolution_A(curve, L, px, 0.5)
+        record["fsc_0.5_A"] = result.resolution_A[0.5]
     info_path = Path(args.out).with_suffix(".json")
-    from .io.atomic import atomic_open
-
     with atomic_open(info_path, "w") as fh:
         json.dump(record, fh, indent=1)
     print(f"mirrored: {'yes' if info['mirrored'] else 'no'}; rotation (rot, tilt, psi) = "
@@ -235,13 +235,13 @@ def _cmd_align(args):
 def _cmd_info(args):
     path = Path(args.file)
     if path.suffix.lower() == ".star":
-        from .io.star import read_particle_table
+        from .io.star import has_ctf_columns, read_particle_table
 
         table = read_particle_table(path)
         df = table.particles
         px = df["rlnImagePixelSize"].iloc[0] if "rlnImagePixelSize" in df.columns else "unknown"
         box = int(df["rlnImageSize"].iloc[0]) if "rlnImageSize" in df.columns else "unknown"
-        ctf = all(c in df.columns for c in ("rlnDefocusU", "rlnVoltage", "rlnSphericalAberration"))
+        ctf = has_ctf_columns(df)
         poses = all(c in df.columns for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"))
         print(f"{path}: RELION {table.version} STAR, {len(df)} particles, "
               f"{df['rlnOpticsGroup'].nunique()} optics group(s)")

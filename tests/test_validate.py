@@ -1,25 +1,30 @@
-"""Tests of cryorecon.validate: FSC, resolution, map transforms, alignment, pose error."""
+"""Tests of cryorecon.validate: FSC, resolution, map transforms, alignment, pose error, comparison."""
 import csv
 
 import numpy as np
 import pytest
 
 from cryorecon.errors import InputError
+from cryorecon.forward.fourier import fourier_crop
+from cryorecon.forward.masks import soft_sphere
 from cryorecon.geometry.rotations import angular_distance_deg, random_rotations
 from cryorecon.simulation.phantom import chiral_phantom
 from cryorecon.forward.projector import project
 from cryorecon.validate import (
     MIRROR,
+    PoseError,
     align_maps,
+    compare_maps,
     fsc,
     fsc_resolution_A,
     fsc_resolutions_A,
     map_poses,
     mirror_volume,
+    on_map_grid,
     plot_fsc,
     pose_error_deg,
+    pose_errors_deg,
     rotate_volume,
-    soft_spherical_mask,
     write_fsc_csv,
 )
 
@@ -98,14 +103,6 @@ def test_fsc_resolution_interpolates_between_shells():
 def test_fsc_rejects_mismatched_boxes():
     with pytest.raises(InputError):
         fsc(np.zeros((8, 8, 8)), np.zeros((10, 10, 10)))
-
-
-def test_soft_spherical_mask_radius_in_angstrom():
-    m = soft_spherical_mask(32, radius_A=20.0, pixel_size_A=2.0, width_px=2)
-    assert m.dtype == np.float32 and m[16, 16, 16] == 1.0
-    assert m[16, 16, 16 + 10] == 1.0 and m[16, 16, 16 + 12] == 0.0
-    with pytest.raises(InputError):
-        soft_spherical_mask(32, radius_A=20.0)
 
 
 def test_fsc_csv_and_png(tmp_path):
@@ -195,6 +192,62 @@ def test_align_maps_recovers_rotation_shift_and_hand(phantom32, mirrored):
     assert pose_error_deg(a_est, a_true, info) < 3.0
 
 
+# ----------------------------------------------------------------- comparison
+
+def test_on_map_grid_crops_a_larger_reference_of_the_same_extent():
+    rng = np.random.default_rng(12)
+    big = rng.normal(size=(48, 48, 48)).astype(np.float32)  # 48 px at 2.0 A/px: 96 A, as 32 px at 3.0 A/px
+    np.testing.assert_array_equal(on_map_grid(big, 48, 2.0), big)
+    np.testing.assert_array_equal(on_map_grid(big, 32, 3.0, 2.0, label="truth.mrc"), fourier_crop(big, 32, ndim=3))
+    for box, px, ref_px in [(32, 3.0, 2.5), (64, 1.5, 2.0), (32, None, 2.0)]:
+        with pytest.raises(InputError, match="truth.mrc"):
+            on_map_grid(big, box, px, ref_px, label="truth.mrc")
+    with pytest.raises(InputError, match="cubic"):
+        on_map_grid(big[:40], 32, 3.0, 2.0)
+
+
+def test_compare_maps_aligns_scores_and_carries_the_poses(phantom32):
+    rng = np.random.default_rng(11)
+    R = random_rotations(1, rng)[0]
+    G = R @ MIRROR
+    moving = rotate_volume(phantom32, G.T)  # the reference with the other hand, turned
+    a_true = random_rotations(30, rng)
+    a_est = MIRROR @ (a_true @ G)  # what a reconstruction of `moving` holds (pose_error docstring)
+    c20, s20 = np.cos(np.radians(20)), np.sin(np.radians(20))
+    a_est[:10] = a_est[:10] @ np.array([[1, 0, 0], [0, c20, -s20], [0, s20, c20]])  # a third 20 deg off
+    mask = soft_sphere(32, 12.0)
+    c = compare_maps(moving, phantom32, 4.0, mask=mask, est_rotations=a_est, true_rotations=a_true)
+    # the numbers are those of the named steps on the aligned map
+    shells, curve = fsc(c.aligned_map, phantom32, mask)
+    np.testing.assert_array_equal(c.fsc, curve)
+    np.testing.assert_array_equal(c.shell_index_px, shells)
+    summary = c.summary()
+    assert summary["mirrored"] is True and summary["correlation"] > 0.95
+    assert summary["fsc_0.5_A"] == fsc_resolution_A(curve, 32, 4.0, 0.5)
+    assert summary["fsc_0.143_A"] == fsc_resolution_A(curve, 32, 4.0, 0.143)
+    err = pose_errors_deg(a_est, a_true, c.alignment)
+    assert np.all(err[10:] < 3.0) and np.all(np.abs(err[:10] - 20.0) < 3.0)
+    assert c.pose_error == PoseError(float(np.median(err)), float(np.mean(err)), 20 / 30)
+    assert summary["pose_within_15deg"] == pytest.approx(20 / 30)
+    # poses of other particles are not compared
+    assert compare_maps(moving, phantom32, 4.0, est_rotations=a_est[:5], true_rotations=a_true).pose_error is None
+
+
+def test_compare_maps_as_they_are_and_the_curve_files(phantom32, tmp_path):
+    c = compare_maps(phantom32, phantom32, 4.0, align=False)
+    assert c.alignment is None and c.aligned_map is phantom32
+    assert c.summary() == {"fsc_0.143_A": 8.0, "fsc_0.5_A": 8.0}  # FSC 1 up to Nyquist, 2 * 4 A
+    c.write_fsc(tmp_path / "fsc.csv", tmp_path / "fsc.png", label="map vs itself", column="self")
+    rows = list(csv.reader(open(tmp_path / "fsc.csv")))
+    assert rows[0] == ["shell", "frequency_1/A", "resolution_A", "self"] and float(rows[5][3]) == pytest.approx(1.0)
+    assert (tmp_path / "fsc.png").read_bytes()[:4] == b"\x89PNG"
+    # without a pixel size: no resolutions in A, and the curve in pixel units
+    bare = compare_maps(phantom32, phantom32, align=False)
+    assert bare.resolution_A == {} and bare.summary() == {}
+    bare.write_fsc(tmp_path / "px.csv")
+    assert list(csv.reader(open(tmp_path / "px.csv")))[0] == ["shell", "frequency_1/px", "resolution_px", "fsc"]
+
+
 # ------------------------------------------------------------------------ CLI
 
 def test_cli_fsc_align_info(tmp_path, capsys):
@@ -229,3 +282,30 @@ def test_cli_fsc_align_info(tmp_path, capsys):
     assert "(24, 24, 24)" in capsys.readouterr().out
     assert main(["fsc", str(ref), str(tmp_path / "missing.mrc")]) == 2
     assert "missing.mrc" in capsys.readouterr().err
+
+
+def test_cli_fsc_mask_in_angstrom_and_a_larger_reference(tmp_path, capsys):
+    from cryorecon.cli import main
+    from cryorecon.io.mrc import write_map
+
+    rng = np.random.default_rng(13)
+    a, b = chiral_phantom(24, rng=3), rng.normal(size=(24, 24, 24)).astype(np.float32)
+    write_map(tmp_path / "a.mrc", a, 4.0)
+    write_map(tmp_path / "b.mrc", a + b, 4.0)
+    assert main(["fsc", str(tmp_path / "a.mrc"), str(tmp_path / "b.mrc"), "--mask-radius-A", "20",
+                 "--out", str(tmp_path / "f")]) == 0
+    rows = list(csv.reader(open(tmp_path / "f" / "fsc.csv")))
+    # 20 A at 4 A/px is a 5 px sphere with the masks' 3 px edge
+    expected = fsc(a, a + b, soft_sphere(24, 5.0, 3.0))[1]
+    np.testing.assert_allclose([float(r[3]) for r in rows[1:]], expected, atol=1e-6)
+    assert main(["fsc", str(tmp_path / "a.mrc"), str(tmp_path / "b.mrc"), "--mask-radius-A", "-5"]) == 2
+    assert "--mask-radius-A" in capsys.readouterr().err
+    # a reference of twice the box at half the pixel size is put on the map's grid first
+    big = chiral_phantom(48, rng=3)
+    write_map(tmp_path / "big.mrc", big, 2.0)
+    write_map(tmp_path / "small.mrc", fourier_crop(big, 24, ndim=3), 4.0)
+    assert main(["fsc", str(tmp_path / "small.mrc"), str(tmp_path / "big.mrc")]) == 0
+    assert "FSC 0.143: 8.00 A" in capsys.readouterr().out
+    write_map(tmp_path / "odd.mrc", big[:40, :40, :40], 2.0)
+    assert main(["fsc", str(tmp_path / "small.mrc"), str(tmp_path / "odd.mrc")]) == 2
+    assert "odd.mrc" in capsys.readouterr().err
