@@ -85,6 +85,23 @@ def test_default_tolerances_stop_like_scipy():
     assert info["nfev"] <= 1.5 * ref.nfev + 5
 
 
+@pytest.mark.parametrize("x0", [[-1.5, 2.0], [-1.2, 1.0, -1.2, 1.0]])
+def test_tol_tightens_both_tests_as_scipy_minimize_does(x0):
+    """``tol=1e-10`` reaches Rosenbrock's minimiser (1, ..., 1) within 1e-6.
+
+    With the decrease test left at scipy's default 2.2e-9 (what ``tol`` used to leave
+    it at) these starts stop about 3e-6 away (here 5e-7 and 1e-7); ``scipy.optimize.minimize(tol=...)``
+    sets ``ftol`` as well as ``gtol``.
+    """
+    fg = rosen_xp(np)
+    x, info = optim.lbfgs_minimize(fg, np.asarray(x0), tol=1e-10)
+    assert info["success"], info["message"]
+    assert np.abs(x - 1.0).max() < 1e-6
+    # an explicit ftol still wins over tol for the decrease test
+    loose, info_loose = optim.lbfgs_minimize(fg, np.asarray(x0), tol=1e-10, ftol=1e-3)
+    assert info_loose["nit"] < info["nit"] and np.abs(loose - 1.0).max() > 1e-6
+
+
 def test_step_by_step_transform_equals_driver():
     fg = rosen_xp(np)
     x = np.array([-1.2, 1.0])

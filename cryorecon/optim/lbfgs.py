@@ -205,16 +205,23 @@ def _max_abs(tree):
     return max((float(xp_of(g).abs(g).max()) for g in tree_leaves(tree) if g.size), default=0.0)
 
 
-def lbfgs_minimize(fun_and_grad, x0, max_iter: int = 500, tol: float = 1e-5,
-                   ftol: float = 2.220446049250313e-09, memory_size: int = 10,
+#: scipy's L-BFGS-B defaults: ``gtol`` and ``ftol = factr * eps`` with ``factr = 1e7``.
+_DEFAULT_GTOL = 1e-5
+_DEFAULT_FTOL = 2.220446049250313e-09
+
+
+def lbfgs_minimize(fun_and_grad, x0, max_iter: int = 500, tol: float | None = None,
+                   ftol: float | None = None, memory_size: int = 10,
                    c1: float = 1e-4, c2: float = 0.9, max_linesearch: int = 25,
                    callback=None):
     """Minimise a smooth function with L-BFGS.
 
-    Iterates :func:`lbfgs` until the largest gradient entry is at most ``tol``, or the
+    Iterates :func:`lbfgs` until the largest gradient entry is at most ``gtol``, or the
     relative decrease ``(f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, 1)`` is at most
-    ``ftol`` (the two tests of scipy's L-BFGS-B, with the same defaults), or
-    ``max_iter`` iterations have run.
+    ``ftol`` (the two tests of scipy's L-BFGS-B), or ``max_iter`` iterations have run.
+    As in ``scipy.optimize.minimize(..., method="L-BFGS-B", tol=...)``, ``tol`` sets
+    both tolerances (``ftol`` given as well wins for the decrease test); without it they
+    are scipy's defaults, ``gtol = 1e-5`` and ``ftol = 2.2e-9``.
 
     Parameters
     ----------
@@ -225,10 +232,12 @@ def lbfgs_minimize(fun_and_grad, x0, max_iter: int = 500, tol: float = 1e-5,
         (float64 is advised: the line search compares small differences of ``f``).
     max_iter : int
         Most iterations.
-    tol : float
-        Gradient tolerance (max-norm).
-    ftol : float
-        Relative-decrease tolerance.
+    tol : float, optional
+        Tolerance of both tests: the gradient's max-norm ``gtol`` and, unless ``ftol``
+        is given, the relative decrease. Default: scipy's (see above).
+    ftol : float, optional
+        Relative-decrease tolerance; ``0`` runs on until the gradient test (or
+        ``max_iter``) stops it. Default ``tol`` if given, else ``2.2e-9``.
     memory_size, c1, c2, max_linesearch
         As in :func:`lbfgs`.
     callback : callable, optional
@@ -259,6 +268,9 @@ def lbfgs_minimize(fun_and_grad, x0, max_iter: int = 500, tol: float = 1e-5,
     ----------
     Liu & Nocedal (1989), Math. Programming 45; Nocedal & Wright (2006), chapter 7.
     """
+    gtol = _DEFAULT_GTOL if tol is None else float(tol)
+    if ftol is None:
+        ftol = _DEFAULT_FTOL if tol is None else float(tol)
     x = _as_float(x0)
     opt = lbfgs(memory_size, c1, c2, max_linesearch)
     state = opt.init(x)
@@ -271,7 +283,7 @@ def lbfgs_minimize(fun_and_grad, x0, max_iter: int = 500, tol: float = 1e-5,
         return x, {"fun": f, "grad": g, "nit": 0, "nfev": 1, "success": False,
                    "message": "objective is not finite at x0"}
     while nit < max_iter:
-        if _max_abs(g) <= tol:
+        if _max_abs(g) <= gtol:
             success, message = True, "gradient norm below tol"
             break
         u, state = opt.update(g, state, x, value=f, fun_and_grad=fun_and_grad)
@@ -289,7 +301,7 @@ def lbfgs_minimize(fun_and_grad, x0, max_iter: int = 500, tol: float = 1e-5,
             success, message = True, "relative reduction of f below ftol"
             break
     else:
-        if _max_abs(g) <= tol:
+        if _max_abs(g) <= gtol:
             success, message = True, "gradient norm below tol"
     return x, {"fun": f, "grad": g, "nit": nit, "nfev": nfev, "success": success,
                "message": message}
