@@ -190,6 +190,46 @@ def test_unknown_table_and_stage(tmp_path, capsys):
     assert "no such pipeline file" in capsys.readouterr().err
 
 
+def test_compare_stage_is_compare_maps(small_data, tmp_path):
+    """The compare stage writes what validate.compare_maps finds, on a larger reference too."""
+    import csv
+
+    from cryorecon.forward.fourier import fourier_crop
+    from cryorecon.io.mrc import write_map
+    from cryorecon.pipeline import CompareStage
+    from cryorecon.validate import compare_maps
+
+    truth, _ = read_map(small_data.parent / "phantom.mrc")  # 32 px at 4 A/px
+    run = tmp_path / "run"
+    run.mkdir()
+    small = fourier_crop(truth, 24, ndim=3).astype(np.float32)  # the "map": 24 px at 16/3 A/px
+    write_map(run / "map.mrc", small, 4.0 * 32 / 24)
+    from cryorecon.io.particles import ParticleStack
+
+    # "estimated" poses = the true ones (write_star points at the stack from the new folder)
+    ParticleStack.from_star(small_data / "particles.star").write_star(run / "particles.star")
+    stage = CompareStage({"reference": str(small_data.parent / "phantom.mrc"),
+                          "truth_star": str(small_data / "particles.star"), "mask_radius_A": 50.0})
+    ctx = RunContext(run_dir=run, config_dir=tmp_path)
+    summary = Pipeline([stage], ctx, {"pipeline": {"name": "compare only"}}).run()["compare"]
+    assert summary["mirrored"] is False and summary["pose_error_median_deg"] < 3.0
+    assert summary["pose_within_15deg"] == 1.0
+    from cryorecon.forward.masks import soft_sphere
+
+    expected = compare_maps(small, truth, 4.0 * 32 / 24, reference_pixel_size_A=4.0,
+                            mask=soft_sphere(24, 50.0 / (4.0 * 32 / 24)))
+    assert summary["fsc_0.5_A"] == pytest.approx(expected.summary()["fsc_0.5_A"], rel=1e-6)
+    rows = list(csv.reader(open(run / "fsc.csv")))
+    assert rows[0][3] == "fsc_vs_reference" and len(rows) == 1 + 13
+    np.testing.assert_allclose([float(r[3]) for r in rows[1:]], expected.fsc, atol=1e-6)
+    aligned, px = read_map(run / "map_aligned.mrc")
+    assert aligned.shape == (24, 24, 24) and px == pytest.approx(16 / 3)
+    bad = CompareStage({"reference": str(small_data.parent / "phantom.mrc"), "mask_radius_A": -1})
+    with pytest.raises(InputError, match="mask_radius_A"):
+        Pipeline([bad], RunContext(run_dir=tmp_path / "bad", config_dir=tmp_path)).run()
+    assert not (tmp_path / "bad").exists()
+
+
 def _run_cli(toml, out):
     return subprocess.Popen([sys.executable, "-m", "cryorecon", "run", str(toml), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO)
