@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import array_module
+from .masks import radial_distance
 
 
 def _axes(ndim):
@@ -91,10 +92,8 @@ def shell_index(L, ndim=2, xp=np):
     int array of shape ``(L,)*ndim``
         Shell number; shells ``>= L//2`` are the corners beyond Nyquist.
     """
-    k = freq_1d(L, xp).astype(xp.float64)
-    grids = xp.meshgrid(*([k] * ndim), indexing="ij")
-    r2 = sum(g * g for g in grids)
-    return xp.rint(xp.sqrt(r2)).astype(xp.int64)
+    # |k| on the centred grid is the same distance from index L//2 as in real space
+    return xp.rint(radial_distance(L, ndim, xp, dtype=xp.float64)).astype(xp.int64)
 
 
 def band_coords(L, k_max_px, half=False):

@@ -17,6 +17,7 @@ import pandas as pd
 from ..errors import InputError
 from .stack_files import StackFiles, inspect_stacks, parse_image_names
 from .star import (
+    ANGLE_COLUMNS,
     CTF_COLUMNS,
     CTF_REQUIRED_COLUMNS,
     ParticleTable,
@@ -30,7 +31,6 @@ __all__ = ["ParticleStack", "CTF_KEYS"]
 #: Old name of :data:`cryorecon.io.star.CTF_COLUMNS` (the keys of
 #: :meth:`ParticleStack.ctf_params`, with the STAR column and default of each).
 CTF_KEYS = CTF_COLUMNS
-_ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 
 
 class ParticleStack:
@@ -210,9 +210,9 @@ class ParticleStack:
     @property
     def euler_deg(self) -> np.ndarray | None:
         """(N, 3) float64 RELION ``(rot, tilt, psi)`` in degrees; None without all three angles."""
-        if not all(a in self.table.columns for a in _ANGLES):
+        if not all(a in self.table.columns for a in ANGLE_COLUMNS):
             return None
-        return np.stack([self._column(a) for a in _ANGLES], axis=1)
+        return np.stack([self._column(a) for a in ANGLE_COLUMNS], axis=1)
 
     @property
     def rotations(self) -> np.ndarray | None:
@@ -364,7 +364,7 @@ class ParticleStack:
             euler = np.asarray(euler_deg, dtype=np.float64)
             if euler.shape != (self.n, 3):
                 raise ValueError(f"euler_deg must be ({self.n}, 3), got {euler.shape}")
-            for j, name in enumerate(_ANGLES):
+            for j, name in enumerate(ANGLE_COLUMNS):
                 df[name] = euler[:, j]
         if shifts_A is not None:
             shifts = np.asarray(shifts_A, dtype=np.float64)

@@ -27,7 +27,10 @@ import starfile
 
 from ..errors import InputError
 from .atomic import atomic_write
+from . import star_columns
+# The STAR vocabulary is re-exported: ``from cryorecon.io.star import CTF_COLUMNS``.
 from .star_columns import (
+    ANGLE_COLUMNS,
     CTF_COLUMNS,
     CTF_REQUIRED_COLUMNS,
     OPTICS_COLUMNS,
@@ -41,12 +44,7 @@ __all__ = [
     "read_star",
     "read_particle_table",
     "write_particle_star",
-    "OPTICS_COLUMNS",
-    "CTF_COLUMNS",
-    "CTF_REQUIRED_COLUMNS",
-    "has_ctf_columns",
-    "ctf_params_from_table",
-    "ctf_columns_from_params",
+    *star_columns.__all__,
 ]
 
 _VERSION_RE = re.compile(r"^\s*#\s*version\s+(\d+)", re.IGNORECASE)

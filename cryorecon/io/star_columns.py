@@ -1,4 +1,4 @@
-"""The RELION STAR vocabulary: which columns are optics, and how CTF columns map to ours.
+"""The RELION STAR vocabulary: the angle and optics columns, and how CTF columns map to ours.
 
 One home for the mapping between RELION's labels and :mod:`cryorecon.forward.ctf`'s
 keyword names, used to read CTF parameters out of a particle table and to write them
@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "ANGLE_COLUMNS",
     "OPTICS_COLUMNS",
     "CTF_COLUMNS",
     "CTF_REQUIRED_COLUMNS",
@@ -18,6 +19,9 @@ __all__ = [
     "ctf_params_from_table",
     "ctf_columns_from_params",
 ]
+
+#: RELION's Euler angles ``(rot, tilt, psi)`` in degrees, in that order (ZYZ).
+ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 
 #: CTF parameters as :mod:`cryorecon.forward.ctf` names them, each with its RELION column
 #: and the default used when the column is absent (None: no default).

@@ -34,12 +34,17 @@ from ..forward import masks
 from ..forward.fourier import ifft2c, shift_phase
 from ..geometry.rotations import euler_to_matrix, matrix_to_euler, random_rotations
 from ..io.mrc import read_map, write_map, write_stack
-from ..io.star import ctf_columns_from_params, ctf_params_from_table, read_particle_table, write_particle_star
+from ..io.star import (
+    ANGLE_COLUMNS,
+    ctf_columns_from_params,
+    ctf_params_from_table,
+    read_particle_table,
+    write_particle_star,
+)
 from ..forward.projector import extract, full_coords, volume_ft
 
 #: CTF defaults for drawn particles: a typical 300 kV microscope.
 DEFAULT_OPTICS = {"voltage_kV": 300.0, "cs_mm": 2.7, "amplitude_contrast": 0.1}
-_ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 
 
 def draw_shifts_px(n, rng, shift_sigma_px=2.0, max_shift_px=6.0):
@@ -176,8 +181,8 @@ def _poses_from_star(star_path, map_px, pixel_size_A, n, rng):
                 "CTF or Angstrom offsets need one: pass --pixel-size"
             )
 
-    if all(a in df.columns for a in _ANGLES):
-        rotations = euler_to_matrix(*(df[a].to_numpy(np.float64) for a in _ANGLES))
+    if all(a in df.columns for a in ANGLE_COLUMNS):
+        rotations = euler_to_matrix(*(df[a].to_numpy(np.float64) for a in ANGLE_COLUMNS))
     else:
         warnings.warn(f"{star_path}: no angles; drawing uniform random poses", stacklevel=3)
         rotations = random_rotations(count, rng)
@@ -273,8 +278,8 @@ def simulate_dataset(map_path, out_dir, *, n=1000, snr=np.inf, from_star=None, s
                 df[column] = values
         df["rlnOpticsGroup"] = 1
     count = len(rotations)
-    if not all(a in df.columns for a in _ANGLES):
-        for name, values in zip(_ANGLES, matrix_to_euler(rotations)):
+    if not all(a in df.columns for a in ANGLE_COLUMNS):
+        for name, values in zip(ANGLE_COLUMNS, matrix_to_euler(rotations)):
             df[name] = values
     if not px > 0:
         warnings.warn(f"{map_path}: no pixel size known; writing 1.0 A (pass --pixel-size)", stacklevel=2)
@@ -295,7 +300,7 @@ def simulate_dataset(map_path, out_dir, *, n=1000, snr=np.inf, from_star=None, s
     df = df.drop(columns=["rlnOriginX", "rlnOriginY"], errors="ignore")
     df["rlnImagePixelSize"] = px
     df["rlnImageSize"] = L
-    first = ["rlnImageName", *_ANGLES, "rlnOriginXAngst", "rlnOriginYAngst"]
+    first = ["rlnImageName", *ANGLE_COLUMNS, "rlnOriginXAngst", "rlnOriginYAngst"]
     df = df[first + [c for c in df.columns if c not in first]]
     write_particle_star(star_path, df, pixel_size_A=px, image_size=L)
     if write_truth:
