@@ -88,3 +88,14 @@ def test_disc_inclusive_and_strict_edges(L):
 def test_disc_in_3d():
     z, y, x = _offsets(12, 3)
     np.testing.assert_array_equal(disc(12, 4.0, ndim=3), x * x + y * y + z * z <= 16)
+
+
+@pytest.mark.gpu
+def test_masks_on_cupy_equal_numpy():
+    import cupy as cp
+
+    np.testing.assert_array_equal(cp.asnumpy(radial_distance(17, ndim=3, xp=cp)), radial_distance(17, ndim=3))
+    np.testing.assert_allclose(cp.asnumpy(soft_sphere(24, 7.5, 3.0, xp=cp)), soft_sphere(24, 7.5, 3.0), atol=1e-7)
+    on_gpu = disc(24, 12.0, inclusive=False, xp=cp)
+    assert isinstance(on_gpu, cp.ndarray)
+    np.testing.assert_array_equal(cp.asnumpy(on_gpu), disc(24, 12.0, inclusive=False))
