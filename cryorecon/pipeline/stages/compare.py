@@ -46,7 +46,8 @@ class CompareStage:
         if self.params["truth_star"] is not None and not ts.is_file():
             raise InputError(f"[compare] truth_star = {self.params['truth_star']!r}: {ts} does not exist: fix the path")
         radius = self.params["mask_radius_A"]
-        if radius is not None and not (isinstance(radius, (int, float)) and not isinstance(radius, bool) and radius > 0):
+        is_number = isinstance(radius, (int, float)) and not isinstance(radius, bool)
+        if radius is not None and not (is_number and radius > 0):
             raise InputError(f"[compare] mask_radius_A = {radius!r}: must be a positive number of Angstrom")
         if ref.is_file():
             from ...io.mrc import read_header_info
