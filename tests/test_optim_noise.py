@@ -75,6 +75,11 @@ def test_estimate_reads_complex_gradients_once_and_matches_the_centred_form(xp):
     assert est.snr == pytest.approx(noise.grad_snr(real), rel=1e-10)
     assert stats.trace_cov == pytest.approx(est.trace_cov, rel=1e-12)
     assert est.batch_snr(debias=True) == pytest.approx(6 * noise.grad_snr(real, debias=True), rel=1e-10)
+    # the same from separate arrays (2-d, complex): the route of a gradient per group
+    again = noise.GradientNoiseStats.from_examples([Gx[i].reshape(5, 10) for i in range(6)]).estimate()
+    assert again.count == 6
+    assert again.mean_sq == pytest.approx(est.mean_sq, rel=1e-12)
+    assert again.trace_cov == pytest.approx(est.trace_cov, rel=1e-10)
     # 6 group means of 10 examples each: the examples' trace is 10x, the batch SNR the same
     per = est.per_example(10)
     assert per.count == 60 and per.trace_cov == pytest.approx(10 * est.trace_cov)

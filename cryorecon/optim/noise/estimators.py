@@ -26,9 +26,16 @@ from .._tree import is_cupy, xp_of
 
 
 def _sq_norm(v):
-    """``sum |v_k|^2`` as a 0-d array (complex entries count both parts)."""
+    """``sum |v_k|^2`` as a 0-d float64 array on ``v``'s device (complex entries count both parts).
+
+    Squares in ``v``'s precision, sums in float64: the trace of the covariance is a
+    difference of such sums, and float32 accumulation over millions of entries would
+    leave too little of it.
+    """
     xp = xp_of(v)
-    return xp.vdot(v, v).real
+    if xp.iscomplexobj(v):
+        return xp.sum(v.real * v.real, dtype=xp.float64) + xp.sum(v.imag * v.imag, dtype=xp.float64)
+    return xp.sum(v * v, dtype=xp.float64)
 
 
 def _to_floats(*values):
@@ -200,6 +207,22 @@ class GradientNoiseStats(NamedTuple):
 
         xp = xp or numpy
         return cls(0, xp.zeros(int(dim), dtype=dtype or xp.float64), 0.0)
+
+    @classmethod
+    def from_examples(cls, examples):
+        """Sums of a few per-example gradients given as separate arrays of one shape.
+
+        Real or complex, any shape (each is flattened), numpy or cupy: the sums stay on
+        the arrays' device until :meth:`estimate` reads them.
+        """
+        examples = list(examples)
+        total = examples[0]
+        for g in examples[1:]:
+            total = total + g
+        sum_sq = _sq_norm(examples[0])
+        for g in examples[1:]:
+            sum_sq = sum_sq + _sq_norm(g)
+        return cls(len(examples), total.ravel(), sum_sq)
 
     def add(self, per_example_grads):
         """Add an ``(n, d)`` batch of per-example gradients."""
