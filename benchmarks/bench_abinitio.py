@@ -9,6 +9,9 @@ start with default settings and prints, against the truth:
 - FSC 0.143 and 0.5 resolutions after alignment (mirror allowed);
 - the median pose error after that alignment;
 - wall time and peak memory;
+- when the SGD phase handed over to the full-data passes, and why: the iteration and
+  image visits at which the batch gradient's SNR switch fired, or that the budget ran
+  out first (``--set handover_snr=0`` runs the budget only, for comparison);
 - the same for the oracle: the same engine with the true poses.
 
 Absolute times on shared machines are noise; the ratio ab initio / oracle time, and the
@@ -128,7 +131,15 @@ def main(argv=None):
         t_or = time.perf_counter() - t0
         _, curve_o = validate.fsc(oracle, volume)
         res_o = validate.fsc_resolutions_A(curve_o, L, pixel_size_A)
-        rows.append((snr, res, pose_err, t_ab, res_o, t_or, info["mirrored"]))
+        rows.append((snr, res, pose_err, t_ab, res_o, t_or, info["mirrored"], result.handover))
+        h = result.handover
+        sgd_s = result.history.rows[-1][-1] if result.history.rows else 0.0
+        print(
+            f"SNR {snr:g}: hand-over by {h.reason} after SGD iteration {h.iteration}, {h.visits}/{h.budget} image visits "
+            f"({h.visits / h.budget:.0%} of the budget), band {h.resolution_A:.1f} A, batch gradient SNR {h.batch_snr:.3g} "
+            f"(switch at {settings.handover_snr:g}, patience {settings.handover_patience}); SGD phase {sgd_s:.0f} s of {t_ab:.0f} s",
+            flush=True,
+        )
         print(
             f"SNR {snr:g}: ab initio FSC0.143 {res[0.143]:.1f} A, FSC0.5 {res[0.5]:.1f} A, "
             f"median pose error {pose_err:.2f} deg, mirrored {info['mirrored']}, {t_ab:.0f} s "

@@ -9,7 +9,11 @@ from cryorecon import validate
 from cryorecon.errors import InputError
 from cryorecon.geometry.rotations import random_rotations
 from cryorecon.simulation.phantom import chiral_phantom
+from cryorecon.backend import to_host
+from cryorecon.optim.noise import NoiseEstimate
 from cryorecon.reconstruct.abinitio import Abinitio, default_settings
+from cryorecon.reconstruct.abinitio.sgd import handover_switch, next_batch_size, step_optimizer
+from cryorecon.reconstruct.abinitio.state import RunState
 from cryorecon.simulation.simulate import draw_defocus_A, draw_shifts_px, simulate_images
 
 
@@ -69,11 +73,11 @@ def test_a_given_initial_map_replaces_the_random_start(tiny):
     volume, images, _, _, ctf = tiny
     settings = _tiny_settings(seed=3)
     run = Abinitio(images, 6.0, ctf, settings, initial_map=volume)
-    start = run._fresh_state()["maps"][0]
+    start = to_host(run.fresh_state().maps[0])
     k0 = 20 * 6.0 / settings.start_res_A
     expected = fourier.ifft3c(fourier.fft3c(volume * run.mask) * (fourier.shell_index(20, 3) < k0)).real
     np.testing.assert_allclose(start, expected, atol=1e-6 * np.abs(expected).max())
-    random = Abinitio(images, 6.0, ctf, settings)._fresh_state()["maps"][0]
+    random = to_host(Abinitio(images, 6.0, ctf, settings).fresh_state().maps[0])
     assert np.corrcoef(start.ravel(), expected.ravel())[0, 1] > 0.999 > np.corrcoef(random.ravel(), expected.ravel())[0, 1]
     with pytest.raises(InputError, match="does not match the 20 px working box"):
         Abinitio(images, 6.0, ctf, settings, initial_map=np.zeros((16, 16, 16)))
@@ -88,13 +92,13 @@ def test_last_handover_pass_aligns_against_the_low_passed_map(tiny):
         settings = dataclasses.replace(_tiny_settings(seed=2), handover_passes=2, restart_factor=factor)
         run = Abinitio(images, 6.0, ctf, settings)
         inputs = []
-        full_pass = run.full_pass
+        full_pass = run.handover.full_pass
 
         def spy(maps, *args, **kwargs):
             inputs.append(np.array(maps[0]))
             return full_pass(maps, *args, **kwargs)
 
-        run.full_pass = spy
+        run.handover.full_pass = spy
         run.run()
         calls[factor] = inputs
     assert len(calls[2.0]) == len(calls[0.0]) + 1 == 3
@@ -108,18 +112,72 @@ def test_last_handover_pass_aligns_against_the_low_passed_map(tiny):
     assert before[outside].sum() > 1e-3 * before.sum()
 
 
+def _assert_same_state(a, b):
+    """Two SGD run states equal bit for bit: maps, optimizer (with the curvature), noise, switch, draws."""
+    np.testing.assert_array_equal(to_host(a.maps[0]), to_host(b.maps[0]))
+    ca, cb = a.opt_state[0], b.opt_state[0]  # the preconditioner's running curvature
+    assert ca.count == cb.count == a.iteration
+    np.testing.assert_array_equal(to_host(ca.curvature["class0"]), to_host(cb.curvature["class0"]))
+    assert a.grad_noise == b.grad_noise and a.switch == b.switch
+    assert a.batch_size == b.batch_size and a.pos == b.pos
+    np.testing.assert_array_equal(a.perm, b.perm)
+    assert a.rng.bit_generator.state == b.rng.bit_generator.state
+    np.testing.assert_array_equal(to_host(a.noise.sigma2), to_host(b.noise.sigma2))
+
+
 def test_resume_equals_uninterrupted_run(tiny, tmp_path):
     _, images, _, _, ctf = tiny
     settings = _tiny_settings(seed=1)
-    whole = Abinitio(images, 6.0, ctf, settings).run()
+    whole_run = Abinitio(images, 6.0, ctf, settings)
+    whole = whole_run.run()
     # a run that checkpoints at iteration 3 of 6, then a fresh process resuming from it
     ckpt = tmp_path / "checkpoint.npz"
     Abinitio(images, 6.0, ctf, settings, checkpoint_path=ckpt).run()
     assert ckpt.exists()
-    resumed = Abinitio(images, 6.0, ctf, settings, checkpoint_path=ckpt).run(resume=True)
+    resumed_run = Abinitio(images, 6.0, ctf, settings, checkpoint_path=ckpt)
+    at_checkpoint = RunState.load(ckpt, resumed_run.ws, settings, step_optimizer(settings), handover_switch(settings))
+    assert at_checkpoint.iteration == 3 and at_checkpoint.opt_state[0].count == 3
+    resumed = resumed_run.run(resume=True)
     np.testing.assert_array_equal(resumed.maps, whole.maps)
     assert resumed.history.as_array().shape == whole.history.as_array().shape
     np.testing.assert_array_equal(resumed.history.as_array()[:, :-1], whole.history.as_array()[:, :-1])
+    _assert_same_state(resumed_run.state, whole_run.state)
+    assert resumed.handover == whole.handover
+
+
+def test_snr_switch_hands_over_at_the_target_band_and_resumes_exactly(tiny, tmp_path, caplog):
+    """The switch reads the SNR only once the band has reached the target, fires after
+    ``patience`` high checks, is logged and recorded; a resume from a checkpoint taken
+    mid-streak fires at the same iteration (the switch state is in the checkpoint)."""
+    _, images, _, _, ctf = tiny
+    # the band reaches the target after 120 of the 1200 visits: from iteration 4 on
+    s = dataclasses.replace(_tiny_settings(seed=1), max_iter=10, march_fraction=0.1, handover_snr=1.0,
+                            handover_patience=2, checkpoint_every=4)
+    whole_run = Abinitio(images, 6.0, ctf, s)
+    with caplog.at_level("INFO", logger="cryorecon.reconstruct.abinitio"):
+        whole = whole_run.run()
+    assert whole.handover.reason == "snr" and whole.handover.iteration == 5 == len(whole.history.rows)
+    assert whole.handover.visits == int(whole.history.column("batch_size").sum())
+    assert "hand-over by gradient SNR at iteration 5" in caplog.text
+    snr = whole.history.column("batch_snr")
+    assert np.all(snr >= s.handover_snr)  # high from the start, yet no hand-over during the march
+    assert whole_run.state.switch.checks == 2
+    np.testing.assert_allclose(whole.history.column("resolution_A")[3:], s.target_res_A)
+    assert whole.handover.batch_snr == snr[-1]
+
+    ckpt = tmp_path / "checkpoint.npz"
+    Abinitio(images, 6.0, ctf, s, checkpoint_path=ckpt).run()
+    mid = RunState.load(ckpt, whole_run.ws, s, step_optimizer(s), handover_switch(s))
+    assert mid.iteration == 4 and mid.switch.streak == 1 and not mid.switch.switched
+    resumed_run = Abinitio(images, 6.0, ctf, s, checkpoint_path=ckpt)
+    resumed = resumed_run.run(resume=True)
+    assert resumed.handover == whole.handover
+    np.testing.assert_array_equal(resumed.maps, whole.maps)
+    _assert_same_state(resumed_run.state, whole_run.state)
+
+    # without the switch the budget (here max_iter) decides
+    off = Abinitio(images, 6.0, ctf, dataclasses.replace(s, handover_snr=0.0)).run()
+    assert off.handover.reason == "max_iter" and off.handover.iteration == 10
 
 
 def test_resume_refuses_other_settings(tiny, tmp_path):
@@ -238,12 +296,11 @@ def test_adaptive_batch_follows_chebyshev(tiny):
     """B grows (gently) when tr Cov / (delta eps^2 |g|^2) exceeds it, and never shrinks."""
     _, images, _, _, ctf = tiny
     s = dataclasses.replace(_tiny_settings(), batch_eps=0.5, batch_delta=0.2, max_batch_size=120)
-    run = Abinitio(images, 6.0, ctf, s)
     # Chebyshev: B >= tr Cov / (delta eps^2 |g|^2) = 10 / (0.2 * 0.25 * 1) = 200 > 40
-    assert run._next_batch_size(40, {"mean_sq": 1.0, "trace_cov": 10.0}) == 44
-    assert run._next_batch_size(110, {"mean_sq": 1.0, "trace_cov": 10.0}) == 120  # capped
+    assert next_batch_size(40, NoiseEstimate(40, 1.0, 10.0), s) == 44
+    assert next_batch_size(110, NoiseEstimate(110, 1.0, 10.0), s) == 120  # capped
     # accurate enough already: 1 / (0.2 * 0.25) = 20 < 40
-    assert run._next_batch_size(40, {"mean_sq": 1.0, "trace_cov": 1.0}) == 40
+    assert next_batch_size(40, NoiseEstimate(40, 1.0, 1.0), s) == 40
 
 
 def test_adaptive_batch_is_logged(tiny):

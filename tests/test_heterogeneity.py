@@ -40,7 +40,11 @@ def test_leading_direction_is_the_missing_subunit(mixture):
     m = mixture
     k = band_limit_px(20.0, m["L"], m["px"])
     band = m["run"].band(k)
-    vectors, coords = variability_subspace(m["run"], projector.volume_ft(m["consensus"].astype(np.float32)), m["poses"], m["noise"], band, 1)
+    ws = m["run"].ws
+    vectors, coords = variability_subspace(
+        ws.batch_data, projector.volume_ft(m["consensus"].astype(np.float32)), m["poses"], m["noise"], band, 1,
+        mask=ws.mask, band_mask=ws.band_mask(band.k_max_px), regulariser=ws.flat_lambda, pad=ws.pad,
+    )
     assert vectors.shape == (1, m["L"], m["L"], m["L"]) and coords.shape == (len(m["truth"]), 1)
     np.testing.assert_allclose(np.linalg.norm(vectors[0]), 1.0, rtol=1e-5)
     difference = _low_pass(m["sources"][0] - m["sources"][1], k) * m["run"].mask

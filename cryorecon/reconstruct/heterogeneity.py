@@ -14,7 +14,7 @@ noise then has a flat spectrum and real variability stands above it.
 Each particle's coordinates ``c_i`` come from least squares on its own projections of
 the ``D_j``; k-means on them gives the first classes, and the class maps start at
 ``F + mean(c) D``. Expectation-maximisation over classes and local poses then takes
-over (:meth:`cryorecon.reconstruct.abinitio.Abinitio.full_pass`).
+over (:meth:`cryorecon.reconstruct.abinitio.handover.Handover.full_pass`).
 
 Why not K maps by SGD from K random starts? Independent starts converge to maps in
 different frames and hands, and a split of the batch that balances the classes follows
@@ -40,14 +40,16 @@ def _forward_rows(f_pad, rotations, coords, phases, ctf, pad):
     return ctf * phases * projector.extract(f_pad, rotations, coords, pad=pad)
 
 
-def variability_subspace(run, f_pad, poses, noise, band, n_vectors: int, n_iter: int = 8, batch: int = 256, seed: int = 0):
+def variability_subspace(batch_data, f_pad, poses, noise, band, n_vectors: int, *, mask, band_mask, regulariser,
+                         pad: int = 2, n_iter: int = 8, batch: int = 256, seed: int = 0):
     """Leading generalised eigenvectors of the residual covariance, and each particle's coordinates.
 
     Parameters
     ----------
-    run : Abinitio
-        Supplies the particles (``batch_data``), the box, the padding, the mask and the
-        per-shell regulariser.
+    batch_data : callable
+        ``batch_data(idx, band) -> (y, ctf)``: the image coefficients and CTF of
+        particles ``idx`` on ``band``, on the device (e.g.
+        :meth:`cryorecon.reconstruct.abinitio.Workspace.batch_data`).
     f_pad : (pL)^3 complex
         Padded transform of the consensus map.
     poses : dict
@@ -57,6 +59,15 @@ def variability_subspace(run, f_pad, poses, noise, band, n_vectors: int, n_iter:
         The band the split looks at.
     n_vectors : int
         Directions to find (``K - 1`` for ``K`` classes).
+    mask : (L, L, L) array
+        Real-space mask the directions live in.
+    band_mask : (pL)^3 array
+        The band on the padded grid (1 inside, 0 outside).
+    regulariser : callable
+        ``regulariser(curvature) -> lam``, the Tikhonov term added to the Hessian
+        before dividing by it (per voxel of the padded grid).
+    pad : int
+        Padding factor of ``f_pad``.
     n_iter : int
         Subspace iterations (each one pass over the data).
 
@@ -67,11 +78,12 @@ def variability_subspace(run, f_pad, poses, noise, band, n_vectors: int, n_iter:
     coords : (N, n_vectors) float64
         Each particle's least-squares coefficients along them.
     """
-    xp = run.xp
-    L, pad = run.L, run.s.pad
-    pL = projector.padded_size(L, pad)
+    xp = array_module(f_pad)
+    mask = np.asarray(mask)
+    L = mask.shape[0]
+    n = len(poses["rotations"])
     rng = np.random.default_rng(seed)
-    mask = run.mask.ravel()
+    mask = mask.ravel()
     w = noise.weights(band).astype(np.float32)
     vectors = _orthonormal(rng.standard_normal((n_vectors, L**3)) * mask)
     hessian = None
@@ -81,14 +93,13 @@ def variability_subspace(run, f_pad, poses, noise, band, n_vectors: int, n_iter:
         first = hessian is None
         if first:
             hessian = xp.zeros(f_pad.shape, dtype=f_pad.real.dtype)
-        for idx, rot, ctf, wr, proj in _batches(run, f_pad, f_dirs, poses, band, w, batch):
+        for idx, rot, ctf, wr, proj in _batches(batch_data, f_pad, f_dirs, poses, band, w, pad, batch):
             a = _inner(proj, wr)  # (B, n) <A_i D_j, W r_i>
             for j in range(len(vectors)):
                 acc[j] += projector.backproject(a[:, j, None] * wr, rot, band.coords, f_pad.shape, pad=pad)
             if first:
                 hessian += projector.backproject_weights(w * ctf * ctf, rot, band.coords, f_pad.shape, pad=pad)
-        lam = run.flat_lambda(hessian)
-        band_mask = run.band_mask(band.k_max_px, pL)
+        lam = regulariser(hessian)
         new = []
         for j in range(len(vectors)):
             step = projector.volume_ft_adjoint(band_mask * acc[j] / (hessian + lam), L, pad=pad)
@@ -100,8 +111,8 @@ def variability_subspace(run, f_pad, poses, noise, band, n_vectors: int, n_iter:
         if change < 1e-4:
             break
     f_dirs = [projector.volume_ft(xp.asarray(v.reshape(L, L, L), dtype=xp.float32), pad=pad) for v in vectors]
-    coords = np.zeros((run.n, len(vectors)))
-    for idx, rot, ctf, wr, proj in _batches(run, f_pad, f_dirs, poses, band, w, batch):
+    coords = np.zeros((n, len(vectors)))
+    for idx, rot, ctf, wr, proj in _batches(batch_data, f_pad, f_dirs, poses, band, w, pad, batch):
         a = to_host(_inner(proj, wr)).astype(np.float64)
         gram = to_host(_gram(proj, w * ctf * ctf)).astype(np.float64)  # (B, n, n)
         ridge = 1e-6 * np.trace(gram, axis1=1, axis2=2)[:, None, None] / len(vectors) + 1e-30
@@ -109,13 +120,13 @@ def variability_subspace(run, f_pad, poses, noise, band, n_vectors: int, n_iter:
     return vectors.reshape(-1, L, L, L).astype(np.float32), coords
 
 
-def _batches(run, f_pad, f_dirs, poses, band, w, batch):
+def _batches(batch_data, f_pad, f_dirs, poses, band, w, pad, batch):
     """Per batch: indices, rotations, CTF, ``A_i^* W r_i`` rows (slice domain), and slices of the ``D_j`` (B, n, M)."""
-    xp = run.xp
-    pad = run.s.pad
-    for start in range(0, run.n, batch):
-        idx = np.arange(start, min(start + batch, run.n))
-        y, ctf = run.batch_data(idx, band)
+    xp = array_module(f_pad)
+    n = len(poses["rotations"])
+    for start in range(0, n, batch):
+        idx = np.arange(start, min(start + batch, n))
+        y, ctf = batch_data(idx, band)
         rot = xp.asarray(poses["rotations"][idx], dtype=xp.float32)
         phases = fourier.shift_phase(band.coords, band.L, xp.asarray(poses["shifts"][idx], dtype=xp.float32), dtype=y.dtype)
         resid = y - _forward_rows(f_pad, rot, band.coords, phases, ctf, pad)
