@@ -9,6 +9,7 @@ from cryorecon import validate
 from cryorecon.errors import InputError
 from cryorecon.geometry.rotations import random_rotations
 from cryorecon.simulation.phantom import chiral_phantom
+from cryorecon import optim
 from cryorecon.backend import to_host
 from cryorecon.optim.noise import NoiseEstimate
 from cryorecon.reconstruct.abinitio import Abinitio, default_settings
@@ -186,6 +187,11 @@ def test_resume_refuses_other_settings(tiny, tmp_path):
     Abinitio(images, 6.0, ctf, _tiny_settings(seed=1), checkpoint_path=ckpt).run()
     with pytest.raises(InputError, match="other settings"):
         Abinitio(images, 6.0, ctf, _tiny_settings(seed=2), checkpoint_path=ckpt).run(resume=True)
+    # an optimizer-state file that does not fit is the user's to remove, said in one line
+    optim_file = next(tmp_path.glob("checkpoint.optim-*.npz"))
+    optim.save_state(optim_file, optim.adam(1e-3).init(np.zeros(3)))
+    with pytest.raises(InputError, match="rerun without --resume"):
+        Abinitio(images, 6.0, ctf, _tiny_settings(seed=1), checkpoint_path=ckpt).run(resume=True)
 
 
 def test_bad_requests_are_clear_errors():

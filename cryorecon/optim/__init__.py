@@ -32,7 +32,7 @@ from .linesearch import strong_wolfe
 from .hyperparams import InjectHyperparamsState, inject_hyperparams
 from .precondition import ScaleByDiagonalState, precondition, scale_by_diagonal
 from .plateau import ReduceOnPlateauState, reduce_on_plateau
-from .state_io import load_state, save_state
+from .state_io import StateFileError, load_state, save_state
 from .subgradients import hinge_loss, l1
 from .transforms import (
     ScaleByAdamState,

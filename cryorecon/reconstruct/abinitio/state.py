@@ -186,7 +186,10 @@ class RunState:
         rng = np.random.default_rng()
         rng.bit_generator.state = meta["rng_state"]
         like = {"step": optimizer.init(class_tree([ws.fourier(m) for m in maps])), "grad_noise": NO_NOISE_ESTIMATE, "switch": switch.init()}
-        saved = optim.load_state(path.parent / meta["optim_file"], like=like)
+        try:
+            saved = optim.load_state(path.parent / meta["optim_file"], like=like)
+        except optim.StateFileError as err:
+            raise InputError(f"{err}; remove {path} or rerun without --resume") from err
         return cls(
             iteration=meta["iteration"],
             rng=rng,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ...backend import array_module, get_xp
-from ...backend.memory import PrefetchLoader
-from ...forward import fourier, projector
+from ...forward import fourier, masks, projector
+from ...io.prefetch import PrefetchLoader
 from ...scoring import likelihood
 from .settings import AbinitioSettings, band_limit_px
 
@@ -41,7 +41,7 @@ class Workspace:
         self.s = settings
         self.pad = settings.pad
         self.pL = projector.padded_size(self.L, settings.pad)
-        self.mask = fourier.soft_sphere_mask(self.L, settings.mask_radius_fraction * self.L / 2, max(2.0, self.L / 32), ndim=3)
+        self.mask = masks.soft_sphere(self.L, settings.mask_radius_fraction * self.L / 2, max(2.0, self.L / 32), ndim=3)
         self._device_mask = self.xp.asarray(self.mask)
         self._bands = {}
         self._band_masks = {}
