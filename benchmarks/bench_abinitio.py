@@ -26,6 +26,7 @@ import logging
 import resource
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,44 @@ def _parse_overrides(pairs):
     return out
 
 
+def measure(images, pixel_size_A, ctf, settings, start, volume, rotations):
+    """One ab initio run, scored against the truth: resolutions, pose errors, wall time."""
+    L = volume.shape[-1]
+    run = Abinitio(images, pixel_size_A, ctf, settings, progress=sys.stderr.isatty(), initial_map=start)
+    t0 = time.perf_counter()
+    result = run.run()
+    seconds = time.perf_counter() - t0
+    aligned, info = validate.align_maps(result.maps[0], volume, pixel_size_A=pixel_size_A)
+    res = validate.fsc_resolutions_A(validate.fsc(aligned, volume)[1], L, pixel_size_A)
+    errors = angular_distance_deg(validate.map_poses(result.rotations, info), rotations)
+    return {
+        "result": result, "res": res, "seconds": seconds, "mirrored": info["mirrored"],
+        "sgd_seconds": result.history.rows[-1][-1] if result.history.rows else 0.0,
+        "pose_err": validate.pose_error_deg(result.rotations, rotations, info),
+        "within": {t: float(np.mean(errors <= t)) for t in (5, 10, 20)},
+    }
+
+
+def report(name, m, settings, res_o, t_or):
+    """Print one run's hand-over and quality lines."""
+    h, res, within = m["result"].handover, m["res"], m["within"]
+    print(
+        f"{name}: hand-over by {h.reason} after SGD iteration {h.iteration}, {h.visits}/{h.budget} image visits "
+        f"({h.visits / h.budget:.0%} of the budget), band {h.resolution_A:.1f} A, batch gradient SNR {h.batch_snr:.3g} "
+        f"(switch at {settings.handover_snr:g}, patience {settings.handover_patience}); SGD phase {m['sgd_seconds']:.0f} s "
+        f"of {m['seconds']:.0f} s",
+        flush=True,
+    )
+    print(
+        f"{name}: ab initio FSC0.143 {res[0.143]:.1f} A, FSC0.5 {res[0.5]:.1f} A, "
+        f"median pose error {m['pose_err']:.2f} deg, mirrored {m['mirrored']}, {m['seconds']:.0f} s "
+        f"({h.iteration} SGD iterations; poses within 5/10/20 deg: "
+        f"{within[5]:.2f}/{within[10]:.2f}/{within[20]:.2f}) | oracle FSC0.143 {res_o[0.143]:.1f} A, FSC0.5 {res_o[0.5]:.1f} A, {t_or:.0f} s "
+        f"| ratio FSC0.143 ab initio/oracle {res[0.143] / res_o[0.143]:.3f} | peak RSS {peak_memory_gb():.2f} GB",
+        flush=True,
+    )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=3000)
@@ -93,6 +132,9 @@ def main(argv=None):
                         help="start from the true-pose oracle map (low-passed to the start band) instead of a random one: "
                         "separates fold discovery from refinement")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override an ab initio setting (repeatable)")
+    parser.add_argument("--compare-switch", action="store_true",
+                        help="also run each SNR with handover_snr=0 (the budget only) right after, and print what the switch saved")
+    parser.add_argument("--history", metavar="DIR", help="write each run's history (loss, band, batch, batch gradient SNR) as DIR/history_snrX.csv")
     args = parser.parse_args(argv)
     overrides = _parse_overrides(args.set)
 
@@ -115,39 +157,29 @@ def main(argv=None):
         start = Abinitio(images, pixel_size_A, ctf, settings).oracle(rotations, shifts) if args.start_from_oracle else None
         if start is not None:
             print("starting from the oracle map, not a random one", flush=True)
-        run = Abinitio(images, pixel_size_A, ctf, settings, progress=sys.stderr.isatty(), initial_map=start)
+        variants = [("", settings)]
+        if args.compare_switch:
+            variants.append((" (budget only)", replace(settings, handover_snr=0.0)))
         t0 = time.perf_counter()
-        result = run.run()
-        t_ab = time.perf_counter() - t0
-        aligned, info = validate.align_maps(result.maps[0], volume, pixel_size_A=pixel_size_A)
-        _, curve = validate.fsc(aligned, volume)
-        res = validate.fsc_resolutions_A(curve, L, pixel_size_A)
-        pose_err = validate.pose_error_deg(result.rotations, rotations, info)
-        errors = angular_distance_deg(validate.map_poses(result.rotations, info), rotations)
-        within = {t: float(np.mean(errors <= t)) for t in (5, 10, 20)}
-
-        t0 = time.perf_counter()
-        oracle = run.oracle(rotations, shifts)
+        oracle = Abinitio(images, pixel_size_A, ctf, settings).oracle(rotations, shifts)
         t_or = time.perf_counter() - t0
-        _, curve_o = validate.fsc(oracle, volume)
-        res_o = validate.fsc_resolutions_A(curve_o, L, pixel_size_A)
-        rows.append((snr, res, pose_err, t_ab, res_o, t_or, info["mirrored"], result.handover))
-        h = result.handover
-        sgd_s = result.history.rows[-1][-1] if result.history.rows else 0.0
-        print(
-            f"SNR {snr:g}: hand-over by {h.reason} after SGD iteration {h.iteration}, {h.visits}/{h.budget} image visits "
-            f"({h.visits / h.budget:.0%} of the budget), band {h.resolution_A:.1f} A, batch gradient SNR {h.batch_snr:.3g} "
-            f"(switch at {settings.handover_snr:g}, patience {settings.handover_patience}); SGD phase {sgd_s:.0f} s of {t_ab:.0f} s",
-            flush=True,
-        )
-        print(
-            f"SNR {snr:g}: ab initio FSC0.143 {res[0.143]:.1f} A, FSC0.5 {res[0.5]:.1f} A, "
-            f"median pose error {pose_err:.2f} deg, mirrored {info['mirrored']}, {t_ab:.0f} s "
-            f"({len(result.history.rows)} SGD iterations; poses within 5/10/20 deg: "
-            f"{within[5]:.2f}/{within[10]:.2f}/{within[20]:.2f}) | oracle FSC0.143 {res_o[0.143]:.1f} A, FSC0.5 {res_o[0.5]:.1f} A, {t_or:.0f} s "
-            f"| ratio FSC0.143 ab initio/oracle {res[0.143] / res_o[0.143]:.3f} | peak RSS {peak_memory_gb():.2f} GB",
-            flush=True,
-        )
+        res_o = validate.fsc_resolutions_A(validate.fsc(oracle, volume)[1], L, pixel_size_A)
+        measured = []
+        for label, s in variants:
+            m = measure(images, pixel_size_A, ctf, s, start, volume, rotations)
+            measured.append(m)
+            if args.history:
+                Path(args.history).mkdir(parents=True, exist_ok=True)
+                m["result"].history.write_csv(Path(args.history) / f"history_snr{snr:g}{'_budget' if label else ''}.csv")
+            report(f"SNR {snr:g}{label}", m, s, res_o, t_or)
+            rows.append((snr, m["res"], m["pose_err"], m["seconds"], res_o, t_or, m["mirrored"], m["result"].handover))
+        if args.compare_switch:
+            on, off = (x["result"].handover for x in measured)
+            print(f"SNR {snr:g}: the switch saved {off.iteration - on.iteration} SGD iterations and {off.visits - on.visits} "
+                  f"image visits ({1 - on.visits / off.visits:.0%} of the SGD phase's); wall time with/without "
+                  f"{measured[0]['seconds'] / measured[1]['seconds']:.3f}, SGD phase with/without "
+                  f"{measured[0]['sgd_seconds'] / measured[1]['sgd_seconds']:.3f}; FSC0.143 with/without "
+                  f"{measured[0]['res'][0.143] / measured[1]['res'][0.143]:.3f}", flush=True)
     return rows
 
 

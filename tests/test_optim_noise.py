@@ -94,6 +94,14 @@ def test_running_average_of_estimates():
     assert r.mean_sq == pytest.approx(0.7 * (0.7 * 1 + 0.3 * 3) + 0.3 * 5)
     assert r.trace_cov == pytest.approx(0.7 * (0.7 * 8 + 0.3 * 4) + 0.3 * 2)
     assert noise.running_average(noise.NoiseEstimate(0, 0.0, 0.0), e[1], 0.7) == e[1]  # nothing yet
+    # A batch growing 10% per step over pure noise (|G| = 0, tr Cov = 1): |G_hat|^2 is
+    # 1 / n at each n. The average must still read no signal, whatever the growth.
+    r = None
+    for n in (100, 110, 121, 133, 146, 160):
+        r = noise.running_average(r, noise.NoiseEstimate(n, 1.0 / n, 1.0), 0.7)
+    assert r.count == 160
+    assert r.batch_snr(debias=True) == pytest.approx(0.0, abs=1e-12)
+    assert r.mean_sq == pytest.approx(1.0 / 160)
     # the switch reads an estimate as it reads per-example gradients
     ctl = noise.switch_when_snr_high(threshold=10.0, patience=1)
     go, s = ctl.update(noise.NoiseEstimate(100, 1.0, 5.0), ctl.init())  # B |G|^2 / trCov ~ 20

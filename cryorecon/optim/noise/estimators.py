@@ -329,9 +329,15 @@ class NoiseEstimate(NamedTuple):
 def running_average(previous: NoiseEstimate | None, current: NoiseEstimate, decay: float) -> NoiseEstimate:
     """Exponential running average of noise estimates, for a noisy per-step measurement.
 
-    ``r_1 = e_1`` and ``r_t = decay r_{t-1} + (1 - decay) e_t`` for ``|G|^2`` and
-    ``tr Cov``; the count is the current one (the size of the batch being judged).
-    A ``previous`` of ``None`` or with ``count == 0`` is "nothing yet".
+    ``r_1 = e_1`` and ``r_t = decay r_{t-1} + (1 - decay) e_t`` for ``tr Cov`` and for
+    the unbiased signal ``|G_hat|^2 - tr Cov / n``; the result's ``mean_sq`` is that
+    signal plus ``tr Cov / n`` for the current count ``n`` (the size of the batch being
+    judged). ``|G_hat|^2`` itself is not averaged because its noise part, ``tr Cov /
+    n``, depends on each step's ``n``: averaging it while the batch grows would carry
+    the larger noise of the earlier, smaller batches into the current one and show
+    pure noise as signal (a batch SNR of about ``n_t / n_{t-1} - 1``). With equal
+    counts the two averages are the same. A ``previous`` of ``None`` or with
+    ``count == 0`` is "nothing yet".
 
     Parameters
     ----------
@@ -359,5 +365,6 @@ def running_average(previous: NoiseEstimate | None, current: NoiseEstimate, deca
     if previous is None or previous.count == 0:
         return current
     a = float(decay)
-    return NoiseEstimate(current.count, a * previous.mean_sq + (1 - a) * current.mean_sq,
-                         a * previous.trace_cov + (1 - a) * current.trace_cov)
+    signal = a * (previous.mean_sq - previous.trace_cov / previous.count) + (1 - a) * (current.mean_sq - current.trace_cov / current.count)
+    trace_cov = a * previous.trace_cov + (1 - a) * current.trace_cov
+    return NoiseEstimate(current.count, signal + trace_cov / current.count, trace_cov)
