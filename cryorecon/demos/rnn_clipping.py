@@ -129,7 +129,7 @@ def run(out_dir: Path, quick: bool = False, seed: int = 0) -> dict:
         ``spectral_radius``.
     """
     T, n_hidden, batch_size = 50, 32, 64
-    n_steps = 1500 if quick else 5000
+    n_steps = 3000 if quick else 8000
     lr, momentum, clip_norm = 0.01, 0.9, 1.0
     X_eval, y_eval = adding_task(1000, T, np.random.default_rng([seed, 123]))
     p0 = init_params(n_hidden, 2.5, np.random.default_rng(seed))
