@@ -74,6 +74,28 @@ def _cmd_run(args):
     return 0
 
 
+def _cmd_symmetry(args):
+    from .geometry.symmetry import symmetry_group
+
+    for R in symmetry_group(args.name).operators:
+        print(" ".join(f"{v:.9f}" for v in R.ravel()))
+    return 0
+
+
+def _add_symmetry_command(sub):
+    """Subcommand ``symmetry`` (like ``relion_refine --sym NAME --print_symmetry_ops``)."""
+    p = sub.add_parser(
+        "symmetry",
+        help="print a point group's rotation matrices (RELION's conventions)",
+        description="Print the rotation matrices of the point group NAME, one per line as 9 numbers "
+        "(row-major), the identity first, with RELION's axes and in RELION's order (like relion_refine "
+        "--sym NAME --print_symmetry_ops). A map with this symmetry has V(R x) = V(x) for each R.",
+    )
+    p.add_argument("name", help="C<n>, D<n> (n = 1..99), D<n>_cryosparc (cryoSPARC's D_n: 2-fold on y, "
+                   "not x), T, O, I1, I2, I3, I4, or I (= I2); case-insensitive")
+    p.set_defaults(func=_cmd_symmetry)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cryorecon",
@@ -119,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the PNGs (default demo_NAME)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
+    _add_symmetry_command(sub)
     _add_validation_commands(sub)
     _add_postprocess_command(sub)
     return parser

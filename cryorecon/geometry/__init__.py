@@ -1,4 +1,4 @@
-"""Geometry of poses: RELION rotations, SO(3) search grids and shift grids."""
+"""Geometry of poses: RELION rotations, SO(3) search grids, shift grids and point-group symmetry."""
 from .rotations import (
     angular_distance_deg,
     euler_to_matrix,
@@ -18,10 +18,19 @@ from .so3_grid import (
     so3_grid,
     so3_grid_angles,
 )
+from .symmetry import (
+    SymmetryGroup,
+    expand_rotations,
+    restrict_to_asymmetric_unit,
+    symmetry_group,
+    to_asymmetric_unit,
+)
 
 __all__ = [
+    "SymmetryGroup",
     "angular_distance_deg",
     "euler_to_matrix",
+    "expand_rotations",
     "grid_step_deg",
     "healpix_directions",
     "healpix_nside",
@@ -32,7 +41,10 @@ __all__ = [
     "neighbours",
     "quaternion_to_matrix",
     "random_rotations",
+    "restrict_to_asymmetric_unit",
     "shift_grid",
     "so3_grid",
     "so3_grid_angles",
+    "symmetry_group",
+    "to_asymmetric_unit",
 ]
