@@ -14,9 +14,7 @@ from cryorecon.forward.fourier import (
     ifft3c,
     shell_index,
     shift_phase,
-    soft_sphere_mask,
 )
-from cryorecon.forward.masks import soft_sphere
 
 
 @pytest.mark.parametrize("L", [8, 9])
@@ -104,10 +102,3 @@ def test_crop_pad_preserve_values(ndim):
     np.testing.assert_allclose(x_small.mean(axis=axes), x.mean(axis=axes), atol=1e-12)
     with pytest.raises(ValueError):
         fourier_crop(np.zeros((8, 8, 8)), 4)
-
-
-def test_old_soft_sphere_mask_name_is_masks_soft_sphere():
-    # the old name stays until its last callers switch to cryorecon.forward.masks
-    for ndim in (2, 3):
-        np.testing.assert_array_equal(soft_sphere_mask(20, 6.5, 3, ndim=ndim), soft_sphere(20, 6.5, 3, ndim=ndim))
-    np.testing.assert_array_equal(soft_sphere_mask(20, 6.5, 3, 3, np), soft_sphere(20, 6.5, 3))

@@ -4,12 +4,13 @@ import pytest
 from _nohost import _DeviceLike, _HostValue, _NoHostXP
 
 from cryorecon.forward import fourier, projector
+from cryorecon.forward.masks import soft_sphere
 from cryorecon.scoring import likelihood, pose_search
 from cryorecon.geometry.rotations import random_rotations
 
 
 def _tiny_problem(rng, L=16, n_images=3, n_rot=6, n_shift=3, with_ctf=True):
-    volume = rng.standard_normal((L, L, L)) * fourier.soft_sphere_mask(L, L / 3, 2, ndim=3).astype(np.float64)
+    volume = rng.standard_normal((L, L, L)) * soft_sphere(L, L / 3, 2, ndim=3).astype(np.float64)
     rotations = random_rotations(n_rot, rng)
     shifts = rng.uniform(-1.5, 1.5, size=(n_shift, 2))
     truth = projector.project(volume, rotations[:n_images])

@@ -22,7 +22,6 @@ import sys
 import numpy as np
 
 from ..errors import InputError
-from ..io.prefetch import PrefetchLoader  # noqa: F401  # re-export until reconstruct/abinitio switches
 
 # Float32 copies of the (images x shifts) block that scoring one rotation keeps alive at
 # its peak: the cross GEMM's output, the assembled errors, the score with the log prior,

@@ -248,14 +248,3 @@ def fourier_pad(x, L_new, ndim=None):
     See :func:`fourier_crop` for the arguments.
     """
     return _resize(x, L_new, ndim, crop=False)
-
-
-def soft_sphere_mask(L, radius_px, width_px, ndim=3, xp=np, dtype=np.float32):
-    """Old name of :func:`cryorecon.forward.masks.soft_sphere` (same values).
-
-    Kept only until ``reconstruct/abinitio`` and ``validate`` call ``masks.soft_sphere``;
-    masks live in :mod:`cryorecon.forward.masks`.
-    """
-    from .masks import soft_sphere
-
-    return soft_sphere(L, radius_px, width_px, ndim=ndim, xp=xp, dtype=dtype)
