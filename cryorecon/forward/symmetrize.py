@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import array_module
-from .projector import trilinear
+from .projector import _real_dtype, trilinear
 
 # Points interpolated per slab in symmetrize_map: bounds the temporaries (~100 B/point).
 _POINTS_PER_SLAB = 1 << 18
@@ -45,8 +45,7 @@ def symmetrize_map(volume, group):
     (0.25, 0.25)
     """
     xp = array_module(volume)
-    double = volume.dtype in (np.float64, np.complex128)
-    real = xp.float64 if double else xp.float32
+    real = _real_dtype(volume)
     nz, ny, nx = volume.shape
     cz, cy, cx = nz // 2, ny // 2, nx // 2
     ops_T = xp.asarray(np.transpose(group.operators, (0, 2, 1)), dtype=real)

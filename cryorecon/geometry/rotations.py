@@ -168,6 +168,24 @@ def random_rotations(n, rng):
     return quaternion_to_matrix(rng.standard_normal((int(n), 4)))
 
 
+def axis_angle_to_matrix(v):
+    """Rotation vectors (..., 3) in radians to matrices (Rodrigues).
+
+    ``v = theta u`` is the right-handed rotation by ``theta`` about the unit axis ``u``.
+    """
+    v = np.asarray(v, dtype=np.float64)
+    theta = np.linalg.norm(v, axis=-1)[..., None, None]
+    K = np.zeros(v.shape[:-1] + (3, 3))
+    K[..., 0, 1], K[..., 0, 2] = -v[..., 2], v[..., 1]
+    K[..., 1, 0], K[..., 1, 2] = v[..., 2], -v[..., 0]
+    K[..., 2, 0], K[..., 2, 1] = -v[..., 1], v[..., 0]
+    small = theta < 1e-8
+    t = np.where(small, 1.0, theta)
+    a = np.where(small, 1.0, np.sin(t) / t)
+    b = np.where(small, 0.5, (1.0 - np.cos(t)) / (t * t))
+    return np.eye(3) + a * K + b * (K @ K)
+
+
 def angular_distance_deg(A, B):
     """Geodesic angle between rotations, in degrees (broadcasting over leading axes).
 

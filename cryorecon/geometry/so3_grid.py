@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from .rotations import euler_to_matrix, matrix_to_quaternion
+from .rotations import axis_angle_to_matrix, euler_to_matrix, matrix_to_quaternion
 
 # HEALPix pixels are sqrt(4 pi / (12 Nside^2)) rad = 58.6 / Nside deg across; with
 # 6 Nside psi angles, 60 / Nside is the spacing of both, as in RELION's sampling table.
@@ -107,20 +107,6 @@ def so3_grid(step_deg, return_step=False):
     return rotations
 
 
-def _axis_angle_to_matrix(v):
-    """Rotation vectors (..., 3) in radians to matrices (Rodrigues)."""
-    theta = np.linalg.norm(v, axis=-1)[..., None, None]
-    K = np.zeros(v.shape[:-1] + (3, 3))
-    K[..., 0, 1], K[..., 0, 2] = -v[..., 2], v[..., 1]
-    K[..., 1, 0], K[..., 1, 2] = v[..., 2], -v[..., 0]
-    K[..., 2, 0], K[..., 2, 1] = -v[..., 1], v[..., 0]
-    small = theta < 1e-8
-    t = np.where(small, 1.0, theta)
-    a = np.where(small, 1.0, np.sin(t) / t)
-    b = np.where(small, 0.5, (1.0 - np.cos(t)) / (t * t))
-    return np.eye(3) + a * K + b * (K @ K)
-
-
 def local_grid(center, step_deg, n_steps=1):
     """Rotations around ``center``: small rotations on a cubic grid, composed on the left.
 
@@ -143,7 +129,7 @@ def local_grid(center, step_deg, n_steps=1):
     center = np.asarray(center, dtype=np.float64)
     k = np.arange(-n_steps, n_steps + 1) * np.deg2rad(step_deg)
     v = np.stack(np.meshgrid(k, k, k, indexing="ij"), axis=-1).reshape(-1, 3)
-    delta = _axis_angle_to_matrix(v)
+    delta = axis_angle_to_matrix(v)
     if center.ndim == 2:
         return delta @ center
     return delta[None] @ center[:, None]

@@ -69,7 +69,7 @@ import numpy as np
 
 from ..backend import array_module
 from ..errors import InputError
-from .rotations import matrix_to_quaternion, quaternion_to_matrix
+from .rotations import axis_angle_to_matrix, matrix_to_quaternion, quaternion_to_matrix
 from .so3_grid import nearest_grid_index
 
 _PHI = (1.0 + np.sqrt(5.0)) / 2.0
@@ -102,15 +102,6 @@ _VALID_FORMS = (f"C<n> or D<n> (n = 1..{_MAX_N}), D<n>_cryosparc (2-fold on y), 
 _REFERENCE = quaternion_to_matrix([1.0, 0.05 * np.sqrt(2.0), 0.05 * np.sqrt(3.0), 0.05 * np.sqrt(5.0)])[0]
 
 
-def _axis_rotation(axis, angle_deg):
-    """Right-handed rotation by ``angle_deg`` about ``axis`` (Rodrigues), acting on (x, y, z)."""
-    u = np.asarray(axis, dtype=np.float64)
-    u = u / np.linalg.norm(u)
-    t = np.deg2rad(angle_deg)
-    K = np.array([[0.0, -u[2], u[1]], [u[2], 0.0, -u[0]], [-u[1], u[0], 0.0]])
-    return np.eye(3) + np.sin(t) * K + (1.0 - np.cos(t)) * (K @ K)
-
-
 def _tidy(R):
     # RELION's setSmallValuesToZero, for exact 0 (and no -0) in signed-permutation operators.
     R = np.where(np.abs(R) < 1e-12, 0.0, R)
@@ -123,7 +114,8 @@ def _close(generators):
     for fold, axis in generators:
         # symmetries.cpp stores the transpose of rotation3DMatrix(360 k / n, axis), which is
         # the right-handed rotation about the axis.
-        mats.extend(_tidy(_axis_rotation(axis, 360.0 * k / fold).T) for k in range(1, fold))
+        u = np.asarray(axis) / np.linalg.norm(axis)
+        mats.extend(_tidy(axis_angle_to_matrix(u * (2.0 * np.pi * k / fold)).T) for k in range(1, fold))
     known = np.concatenate([np.eye(3)[None], np.array(mats).reshape(-1, 3, 3)])
     m = 0
     while m < len(mats):
