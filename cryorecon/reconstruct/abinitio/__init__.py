@@ -50,6 +50,7 @@ from ...backend import to_host
 from ...errors import InputError
 from ..engine import SearchGrids
 from .handover import Handover
+from .observe import IterationReport, RunStopped, watching
 from .outputs import AbinitioResult, HandoverRecord, History, write_outputs
 from .settings import (
     HANDOVER_SNR,
@@ -68,8 +69,8 @@ from .workspace import Workspace
 
 __all__ = [
     "Abinitio", "AbinitioResult", "AbinitioSettings", "HANDOVER_SNR", "Handover", "HandoverRecord", "History",
-    "LOW_SNR", "MAX_LOW_SNR_FACTOR", "RunState", "SgdPhase", "Workspace", "band_limit_px", "check_settings",
-    "default_settings", "progress_fraction", "random_start", "resolution_schedule", "write_outputs",
+    "IterationReport", "LOW_SNR", "MAX_LOW_SNR_FACTOR", "RunState", "SgdPhase", "Workspace", "band_limit_px", "check_settings",
+    "default_settings", "progress_fraction", "random_start", "resolution_schedule", "RunStopped", "watching", "write_outputs",
 ]
 
 
@@ -95,6 +96,8 @@ class Abinitio:
     initial_map : (L, L, L) array, optional
         Start from this map (low-passed to the start band) instead of random blobs: to
         refine from a reference, or to test whether a solution is a stable fixed point.
+    observer : callable, optional
+        Told of each SGD iteration and may stop the run (see :mod:`.observe`).
 
     Attributes
     ----------
@@ -106,7 +109,8 @@ class Abinitio:
         After :meth:`run`, the SGD phase's final state.
     """
 
-    def __init__(self, images, pixel_size_A, ctf_params, settings: AbinitioSettings, checkpoint_path=None, progress=False, xp=None, original_box=None, initial_map=None):
+    def __init__(self, images, pixel_size_A, ctf_params, settings: AbinitioSettings, checkpoint_path=None, progress=False, xp=None, original_box=None, initial_map=None, observer=None):
+        self.observer = observer
         self.ws = Workspace(images, pixel_size_A, ctf_params if settings.use_ctf else None, settings, xp=xp)
         self.s = settings
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
@@ -161,7 +165,7 @@ class Abinitio:
 
     def run(self, resume: bool = False) -> AbinitioResult:
         """SGD from the start (or the checkpoint, with ``resume``), then the hand-over passes."""
-        phase = SgdPhase(self.ws, self.s, self.grids, checkpoint_path=self.checkpoint_path, progress=self.progress)
+        phase = SgdPhase(self.ws, self.s, self.grids, checkpoint_path=self.checkpoint_path, progress=self.progress, observer=self.observer)
         state = RunState.load(self.checkpoint_path, self.ws, self.s, phase.optimizer, phase.switch) if resume else None
         if state is None:
             state = RunState.fresh(self.ws, self.s, phase.optimizer, phase.switch, self.initial_map)

@@ -48,6 +48,7 @@ from ... import optim
 from ...backend import to_host
 from ...progress import progress_bar
 from ..engine import SearchOptions, evaluate_batch
+from .observe import IterationReport, RunStopped, current_observer
 from .outputs import HandoverRecord
 from .settings import AbinitioSettings, band_limit_px, progress_fraction, resolution_schedule
 from .state import RunState, class_tree
@@ -121,12 +122,16 @@ class SgdPhase:
         Where to checkpoint every ``settings.checkpoint_every`` iterations.
     progress : bool
         Show a progress bar.
+    observer : callable, optional
+        Called after each iteration (see :mod:`.observe`); the one installed by
+        :func:`.observe.watching` when omitted.
     """
 
-    def __init__(self, ws, settings: AbinitioSettings, grids, checkpoint_path=None, progress=False):
+    def __init__(self, ws, settings: AbinitioSettings, grids, checkpoint_path=None, progress=False, observer=None):
         self.ws, self.s, self.grids = ws, settings, grids
         self.checkpoint_path = checkpoint_path
         self.progress = progress
+        self.observer = observer if observer is not None else current_observer()
         self.optimizer = step_optimizer(settings)
         self.switch = handover_switch(settings)
         # the group gradients serve the adaptive batch and the hand-over alike
@@ -236,6 +241,14 @@ class SgdPhase:
         going_on = state.iteration < s.max_iter and visits < budget and not state.switch.switched
         if self.checkpoint_path and state.iteration % s.checkpoint_every == 0 and going_on:
             state.save(self.checkpoint_path, s)
+        if self.observer is not None:
+            row = dict(zip(state.history.columns, state.history.rows[-1]))
+            report = IterationReport(state.iteration, progress_fraction(visits, self.ws.n, s), row, self.ws.pixel_size_A, tuple(state.maps))
+            if self.observer(report):
+                # stop where the state is whole, so that a resume continues bit for bit
+                if self.checkpoint_path:
+                    state.save(self.checkpoint_path, s)
+                raise RunStopped(state.iteration, self.checkpoint_path)
 
     def conclude(self, state: RunState, visits: int, budget: int) -> HandoverRecord:
         """When and why the phase ended, logged."""
