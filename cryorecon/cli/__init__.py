@@ -12,9 +12,9 @@ import sys
 
 from .. import __version__
 from ..errors import InputError
-from . import demo, maps, postprocess, reconstruction, symmetry
+from . import demo, maps, postprocess, reconstruction, symmetry, view
 
-_COMMAND_FAMILIES = (reconstruction, demo, symmetry, maps, postprocess)
+_COMMAND_FAMILIES = (reconstruction, demo, symmetry, maps, postprocess, view)
 
 
 def build_parser() -> argparse.ArgumentParser:
